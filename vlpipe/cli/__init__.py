@@ -1,0 +1,59 @@
+"""The `vlpipe` command. Each subcommand lives in its own module and only parses, validates and
+calls library functions; heavy imports (torch, Beam, faiss) happen inside the command bodies so
+`vlpipe search` starts fast and never imports Beam."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from vlpipe import __version__
+from vlpipe.errors import VlpipeError
+
+
+class VlpipeGroup(click.Group):
+    """Turns VlpipeError (and a few well-known OS errors) into one line on stderr and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except VlpipeError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            raise click.ClickException(f"{exc.strerror}: {exc.filename}") from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=VlpipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vlpipe")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
+def main(verbose: bool) -> None:
+    """Caption and embed image corpora, build a FAISS index, search it."""
+    # Hub models are never fetched implicitly: a name that is not on disk fails fast and clearly.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register() -> None:
+    from importlib import import_module
+
+    for name in ("run", "index", "search", "eval", "train", "serve"):
+        try:
+            module = import_module(f"vlpipe.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"vlpipe.cli.{name}":
+                raise
+            continue  # command not built yet
+        main.add_command(module.command)
+
+
+_register()

@@ -1,0 +1,71 @@
+"""`vlpipe run SOURCE --output DIR`: caption and embed every image, write parts, build the index."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(
+    "run",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    epilog="Any other --option is passed to Beam (e.g. --runner dask --dask_client_address HOST:PORT, "
+    "--runner DataflowRunner --project P --region R --temp_location gs://... --setup_file ./setup.py).",
+)
+@click.argument("source")
+@click.option("-o", "--output", required=True, help="Output directory (local path or fsspec URL).")
+@click.option("--captioner", default="mini", show_default=True, help="mini, a model dir or hub id.")
+@click.option("--embedder", default="mini", show_default=True, help="mini, a model dir or hub id.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--min-batch-size", type=int, default=1, show_default=True)
+@click.option("--max-caption-tokens", type=int, default=30, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto"
+)
+@click.option("--decode-threads", type=int, default=4, show_default=True)
+@click.option("--shard-size", type=int, default=None, help="Images per part (default: auto).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
+@click.option(
+    "--embedding-dtype", type=click.Choice(["float16", "float32"]), default="float16"
+)
+@click.option("--overwrite", is_flag=True, help="Replace a previous run in --output.")
+@click.option("--retry-failed", is_flag=True, help="Process again the inputs that failed before.")
+@click.option("--no-index", is_flag=True, help="Do not build the FAISS index at the end.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_context
+def command(ctx: click.Context, source: str, output: str, **kw) -> None:
+    """Caption and embed every image of SOURCE: a directory, glob, fsspec URL, manifest
+    (.parquet/.csv/.jsonl) or WebDataset tar shards ('shards/{00000..00009}.tar')."""
+    from vlpipe.pipeline.options import RunConfig
+    from vlpipe.pipeline.run import run
+
+    config = RunConfig(
+        source=source,
+        output=output,
+        captioner=kw["captioner"],
+        embedder=kw["embedder"],
+        batch_size=kw["batch_size"],
+        min_batch_size=kw["min_batch_size"],
+        max_caption_tokens=kw["max_caption_tokens"],
+        device=kw["device"],
+        precision=kw["precision"],
+        decode_threads=kw["decode_threads"],
+        shard_size=kw["shard_size"],
+        workers=kw["workers"],
+        float16=kw["embedding_dtype"] == "float16",
+        overwrite=kw["overwrite"],
+        retry_failed=kw["retry_failed"],
+        build_index=not kw["no_index"],
+        progress=not kw["no_progress"],
+        beam_args=list(ctx.args),
+    )
+    summary = run(config, echo=click.echo)
+    for line in summary.lines():
+        click.echo(line)
+    if summary.index:
+        click.echo(
+            f"index: {summary.index.get('kind')} over {summary.index.get('count')} vectors"
+            f" in {output.rstrip('/')}/index"
+        )
+    if not summary.ok:
+        raise click.ClickException("not every input is accounted for; see the counts above")

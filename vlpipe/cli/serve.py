@@ -1,0 +1,58 @@
+"""`vlpipe serve --index out/`: a local search page with thumbnails over a built index."""
+
+from __future__ import annotations
+
+import click
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@click.command("serve")
+@click.option("--index", "index", required=True, help="Index directory or run output directory.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option(
+    "--cache-dir",
+    default=None,
+    help="Thumbnail cache folder [default: ~/.cache/vlpipe/thumbs/<index hash>].",
+)
+@click.option("--max-upload-mb", type=click.IntRange(1, 100), default=10, show_default=True)
+def command(
+    index: str, host: str, port: int, device: str, cache_dir: str | None, max_upload_mb: int
+) -> None:
+    """Serve a search page and JSON API for the index at --index (Ctrl-C stops it)."""
+    try:
+        import uvicorn
+
+        from vlpipe.serve.app import LOOPBACK_HOSTS, Limits, create_app
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"vlpipe serve needs the 'serve' extra ({exc.name} is missing): "
+            "pip install 'vlpipe[serve]'"
+        ) from None
+    from vlpipe.index.search import Searcher
+    from vlpipe.serve.thumbnails import ThumbnailCache, default_cache_dir
+
+    searcher = Searcher.open(index, device=device)
+    searcher.search_text(["warm up"], 1)  # load the text tower now, not on the first query
+    thumbs = ThumbnailCache(cache_dir or default_cache_dir(index))
+    local = host in LOOPBACK
+    app = create_app(
+        searcher,
+        thumbs,
+        Limits(max_upload_bytes=max_upload_mb * 1024 * 1024),
+        allowed_hosts=LOOPBACK_HOSTS if local else None,
+    )
+    if not local:
+        click.echo(
+            f"warning: listening on {host}: anyone who can reach this machine can search the index "
+            "and see its images",
+            err=True,
+        )
+    click.echo(f"serving {searcher.size} images on http://{_url_host(host)}:{port}/", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,9 @@
+"""User-facing errors: the CLI prints their message as one line and exits non-zero."""
+
+
+class VlpipeError(Exception):
+    """A problem the user can fix (bad path, bad flag, unknown model); never a bug."""
+
+
+class ModelLoadError(VlpipeError):
+    """A model name or directory that cannot be loaded."""

@@ -1,0 +1,76 @@
+"""Tower features computed once per corpus and cached on disk, so training epochs only run the
+small trainable parts. Files are keyed by a hash of their inputs, so a changed corpus recomputes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+
+from vlpipe.models.mini.efficientnet import EfficientNetLite0, normalize_pixels
+
+IMAGE_SIZE = 224
+
+
+def _key(kind: str, items: list[str], extra: dict) -> str:
+    blob = json.dumps([kind, items, extra], sort_keys=True).encode()
+    return f"{kind}-{hashlib.sha1(blob).hexdigest()[:16]}.npy"
+
+
+def _save(path: str, array: np.ndarray) -> None:
+    tmp = path + ".tmp.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def load_pixels(path: str) -> torch.Tensor:
+    """One image file to uint8 CHW at 224x224, the same preprocessing MiniModel uses."""
+    from PIL import Image
+
+    from vlpipe.models.mini.model import preprocess_image
+
+    with Image.open(path) as img:
+        return preprocess_image(img.convert("RGB"))
+
+
+def image_features(
+    paths: list[str], cache_dir: str, stage: int, batch_size: int = 64, progress: bool = True
+) -> np.ndarray:
+    """fp16 output of the frozen stages [0, stage) for every image: (N, C, 7, 7)."""
+    path = os.path.join(cache_dir, _key("images", paths, {"stage": stage, "size": IMAGE_SIZE}))
+    if os.path.isfile(path):
+        return np.load(path)
+    from tqdm import tqdm
+
+    tower = EfficientNetLite0.pretrained().to(memory_format=torch.channels_last)
+    chunks = []
+    with torch.inference_mode():
+        for start in tqdm(
+            range(0, len(paths), batch_size),
+            desc="image features",
+            unit="batch",
+            disable=not progress,
+        ):
+            pixels = torch.stack([load_pixels(p) for p in paths[start : start + batch_size]])
+            x = normalize_pixels(pixels).contiguous(memory_format=torch.channels_last)
+            chunks.append(tower.forward_until(x, stage).half().contiguous().numpy())
+    feats = np.concatenate(chunks)
+    os.makedirs(cache_dir, exist_ok=True)
+    _save(path, feats)
+    return feats
+
+
+def text_features(texts: list[str], cache_dir: str, progress: bool = True) -> np.ndarray:
+    """fp16 MiniLM sentence embeddings (N, 384), L2-normalised."""
+    path = os.path.join(cache_dir, _key("texts", texts, {"model": "all-MiniLM-L6-v2"}))
+    if os.path.isfile(path):
+        return np.load(path)
+    from vlpipe.models.mini.text import MiniLM
+
+    feats = MiniLM().encode(texts, progress=progress).half().numpy()
+    os.makedirs(cache_dir, exist_ok=True)
+    _save(path, feats)
+    return feats

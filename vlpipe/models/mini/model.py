@@ -1,0 +1,194 @@
+"""MiniModel: vlpipe-mini behind the CaptionEmbedder interface.
+
+A model directory holds `vlpipe_mini.json` (architecture, vocabulary, training record) and
+`model.safetensors` (fp16): the fine-tuned tail of the image tower (`tower.*`), the joint heads
+(`heads.*`) and the caption decoder (`decoder.*`). The frozen towers come from their PyPI packages.
+Each tower is loaded on first use, so text search never loads the image tower and image
+embedding never loads MiniLM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlpipe.errors import VlpipeError
+from vlpipe.models.base import CaptionEmbedder, resolve_device, resolve_dtype
+from vlpipe.models.mini import CONFIG_NAME
+from vlpipe.models.mini.efficientnet import FEATURE_DIM, EfficientNetLite0, normalize_pixels
+from vlpipe.models.mini.fusion import CaptionDecoder, JointHeads, Vocab
+
+IMAGE_SIZE = 224
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def preprocess_image(image: Image.Image) -> torch.Tensor:
+    """RGB image to uint8 CHW 224x224, resized without keeping the aspect ratio (as the
+    Flickr8k training images were)."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+
+
+def build_parts(config: dict) -> tuple[JointHeads, CaptionDecoder]:
+    """Untrained heads and decoder shaped as `config` says."""
+    h, d = config["heads"], config["decoder"]
+    heads = JointHeads(FEATURE_DIM, 384, config["dim"], h["hidden"], h["dropout"])
+    decoder = CaptionDecoder(
+        len(config["vocab"]),
+        FEATURE_DIM,
+        d["d_model"],
+        d["layers"],
+        d["heads"],
+        d["ff"],
+        d["dropout"],
+        d["max_len"],
+    )
+    return heads, decoder
+
+
+def save_model(
+    path: str, config: dict, tower_tail: dict, heads: JointHeads, decoder: CaptionDecoder
+) -> None:
+    """Write a model directory (fp16 weights); `tower_tail` is the fine-tuned tower state."""
+    from safetensors.torch import save_file
+
+    state = {
+        f"tower.{k}": v for k, v in tower_tail.items() if not k.endswith("num_batches_tracked")
+    }
+    state.update({f"heads.{k}": v for k, v in heads.state_dict().items()})
+    state.update({f"decoder.{k}": v for k, v in decoder.state_dict().items()})
+    state = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in state.items()}
+    os.makedirs(path, exist_ok=True)
+    tmp = os.path.join(path, WEIGHTS_NAME + ".tmp")
+    save_file(state, tmp)
+    os.replace(tmp, os.path.join(path, WEIGHTS_NAME))
+    with open(os.path.join(path, CONFIG_NAME), "w") as f:
+        json.dump({"format_version": FORMAT_VERSION, **config}, f, indent=1)
+
+
+class MiniModel(CaptionEmbedder):
+    name = "vlpipe-mini"
+    image_size = IMAGE_SIZE
+
+    def __init__(self, path: str, config: dict, state: dict, device: torch.device, dtype):
+        self.path, self.config, self.device, self.dtype = path, config, device, dtype
+        self.dim = int(config["dim"])
+        self.num_beams = int(config.get("num_beams", 1))
+        self.vocab = Vocab(config["vocab"])
+        self._tower_state = {k[6:]: v for k, v in state.items() if k.startswith("tower.")}
+        self.heads, self.decoder = build_parts(config)
+        self.heads.load_state_dict(_part(state, "heads."), strict=True)
+        self.decoder.load_state_dict(_part(state, "decoder."), strict=True)
+        self.heads.to(device, dtype).eval()
+        self.decoder.to(device, dtype).eval()
+        self._weights_sha = _sha(os.path.join(path, WEIGHTS_NAME))
+        self._tower: EfficientNetLite0 | None = None
+        self._text = None
+
+    @classmethod
+    def load(cls, path: str, device: str = "auto", precision: str = "auto") -> MiniModel:
+        from safetensors.torch import load_file
+
+        cfg_path, weights = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
+        if not (os.path.isfile(cfg_path) and os.path.isfile(weights)):
+            raise VlpipeError(f"{path}: not a vlpipe-mini model ({CONFIG_NAME} + {WEIGHTS_NAME})")
+        with open(cfg_path) as f:
+            config = json.load(f)
+        if config.get("format_version") != FORMAT_VERSION:
+            raise VlpipeError(f"{cfg_path}: unsupported format {config.get('format_version')}")
+        dev = resolve_device(device)
+        dtype = resolve_dtype(dev, precision)
+        state = {k: v.float() for k, v in load_file(weights).items()}
+        return cls(path, config, state, dev, dtype)
+
+    # -- towers, loaded on first use
+    def tower(self) -> EfficientNetLite0:
+        if self._tower is None:
+            tower = EfficientNetLite0.pretrained()
+            merged = tower.state_dict()
+            missing = [k for k in self._tower_state if k not in merged]
+            if missing:
+                raise VlpipeError(f"{self.path}: unknown image tower weights, e.g. {missing[0]}")
+            merged.update(self._tower_state)
+            tower.load_state_dict(merged, strict=True)
+            self._tower = tower.to(self.device, self.dtype).eval()
+            self._tower = self._tower.to(memory_format=torch.channels_last)
+        return self._tower
+
+    def text_tower(self):
+        if self._text is None:
+            from vlpipe.models.mini.text import MiniLM
+
+            self._text = MiniLM(self.device, self.dtype)
+        return self._text
+
+    # -- the interface
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return preprocess_image(image)
+
+    def grid(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW to the (N, 1280, 7, 7) grid both heads read: the one image-tower pass."""
+        x = normalize_pixels(pixels.to(self.device)).to(self.dtype)
+        with torch.inference_mode():
+            return self.tower().grid(x.contiguous(memory_format=torch.channels_last))
+
+    def captions_from_grid(self, grid: torch.Tensor, max_tokens: int = 30) -> list[str]:
+        with torch.inference_mode():
+            ids = self.decoder.generate(self.decoder.memory(grid), self.num_beams, max_tokens)
+        return [self.vocab.decode(row) for row in ids]
+
+    def embed_grid(self, grid: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self.heads.embed_grid(grid).float().cpu().numpy()
+
+    def caption(self, pixels: torch.Tensor, max_tokens: int = 30) -> list[str]:
+        return self.captions_from_grid(self.grid(pixels), max_tokens)
+
+    def embed_images(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.embed_grid(self.grid(pixels))
+
+    def caption_and_embed(
+        self, pixels: torch.Tensor, max_tokens: int = 30
+    ) -> tuple[list[str], np.ndarray]:
+        grid = self.grid(pixels)
+        return self.captions_from_grid(grid, max_tokens), self.embed_grid(grid)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        feats = self.text_tower().encode(list(texts)).to(self.device, self.dtype)
+        with torch.inference_mode():
+            return self.heads.text(feats).float().cpu().numpy()
+
+    def fingerprint(self) -> str:
+        """The embedding space depends on the weights, not on decoding options."""
+        return f"vlpipe-mini-{self.dim}-{self._weights_sha}"
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "format_version": FORMAT_VERSION,
+            "dim": self.dim,
+            "num_beams": self.num_beams,
+            "tail_stage": self.config.get("tail_stage"),
+            "weights_sha256": self._weights_sha,
+        }
+
+
+def _part(state: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _sha(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]

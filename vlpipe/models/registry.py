@@ -1,0 +1,50 @@
+"""Model names to model objects: `mini`, a trained vlpipe-mini directory, or a transformers model.
+
+A name is resolved in this order: the built-in `mini`; a local directory (vlpipe-mini if it holds a
+vlpipe-mini config, else a transformers checkpoint); anything else is treated as a Hugging Face hub
+id, which fails with one clear line when the hub is unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+
+from vlpipe.models.base import Captioner, Embedder
+
+BUILTIN = "mini"
+
+
+def _is_mini(name: str) -> bool:
+    from vlpipe.models.mini import is_mini_dir
+
+    return name == BUILTIN or (os.path.isdir(name) and is_mini_dir(name))
+
+
+def load_captioner(name: str, device: str = "auto", precision: str = "auto") -> Captioner:
+    if _is_mini(name):
+        from vlpipe.models.mini import load_mini
+
+        return load_mini(None if name == BUILTIN else name, device=device, precision=precision)
+    from vlpipe.models.hf import load_hf_captioner
+
+    return load_hf_captioner(name, device=device, precision=precision)
+
+
+def load_embedder(name: str, device: str = "auto", precision: str = "auto") -> Embedder:
+    if _is_mini(name):
+        from vlpipe.models.mini import load_mini
+
+        return load_mini(None if name == BUILTIN else name, device=device, precision=precision)
+    from vlpipe.models.hf import load_hf_embedder
+
+    return load_hf_embedder(name, device=device, precision=precision)
+
+
+def load_models(
+    captioner: str, embedder: str, device: str = "auto", precision: str = "auto"
+) -> tuple[Captioner, Embedder]:
+    """Both models; one shared object when both names are the same fused model."""
+    cap = load_captioner(captioner, device=device, precision=precision)
+    if embedder == captioner and isinstance(cap, Embedder):
+        return cap, cap
+    return cap, load_embedder(embedder, device=device, precision=precision)

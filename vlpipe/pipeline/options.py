@@ -1,0 +1,132 @@
+"""What a run is asked to do, and the Beam runner it runs on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+from vlpipe.errors import VlpipeError
+from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
+
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+RUNNER_ALIASES = {"dask": DASK_RUNNER, "daskrunner": DASK_RUNNER}
+
+
+@dataclass
+class RunConfig:
+    source: str
+    output: str
+    captioner: str = "mini"
+    embedder: str = "mini"
+    batch_size: int = 32
+    min_batch_size: int = 1
+    max_caption_tokens: int = 30
+    device: str = "auto"
+    precision: str = "auto"
+    decode_threads: int = 4
+    shard_size: int | None = None
+    workers: int = 1
+    float16: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+    retry_failed: bool = False
+    build_index: bool = True
+    progress: bool = True
+    beam_args: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        checks = [
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (1 <= self.min_batch_size <= self.batch_size, "--min-batch-size must be 1..batch size"),
+            (self.max_caption_tokens >= 1, "--max-caption-tokens must be at least 1"),
+            (self.decode_threads >= 1, "--decode-threads must be at least 1"),
+            (self.shard_size is None or self.shard_size >= 1, "--shard-size must be at least 1"),
+            (self.workers >= 1, "--workers must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise VlpipeError(message)
+
+    def model_config(self) -> dict:
+        """What must match for a rerun to add to an existing output directory."""
+        return {
+            "captioner": self.captioner,
+            "embedder": self.embedder,
+            "max_caption_tokens": self.max_caption_tokens,
+            "embedding_dtype": "float16" if self.float16 else "float32",
+        }
+
+
+def auto_shard_size(n_inputs: int, workers: int) -> int:
+    """Enough shards to keep every worker busy and the progress bar moving, at most 1000 each."""
+    return max(8, min(1000, -(-n_inputs // (8 * workers))))
+
+
+def normalize_runner(args: list[str]) -> list[str]:
+    """`--runner dask` is short for the DaskRunner's full class path, which Beam requires."""
+    out: list[str] = []
+    for arg in args:
+        if arg.startswith("--runner="):
+            name = arg.split("=", 1)[1]
+            arg = "--runner=" + RUNNER_ALIASES.get(name.lower(), name)
+        elif out and out[-1] == "--runner":
+            arg = RUNNER_ALIASES.get(arg.lower(), arg)
+        out.append(arg)
+    return out
+
+
+def check_beam_args(args: list[str]) -> None:
+    """Beam silently discards options it does not know; a typo in a flag must fail instead."""
+    import difflib
+
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    if any(DASK_RUNNER in a for a in args):
+        import apache_beam.runners.dask.dask_runner  # noqa: F401 - registers DaskOptions
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(args)
+    if unknown:
+        known = [o for action in parser._actions for o in action.option_strings]
+        name = unknown[0].split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise VlpipeError(f"unknown option {name}: not a vlpipe or Beam pipeline option{hint}")
+
+
+def dask_partitions(args: list[str], n_shards: int | None) -> list[str]:
+    """One Dask bag partition per shard unless the user chose: the DaskRunner's default of ~128
+    elements per partition would put every shard of a run in one partition, on one worker."""
+    chosen = any(a.startswith(("--dask_npartitions", "--dask_partition_size")) for a in args)
+    if n_shards is None or chosen or not any(DASK_RUNNER in a for a in args):
+        return args
+    return [*args, f"--dask_npartitions={n_shards}"]
+
+
+def make_pipeline(config: RunConfig, n_shards: int | None = None):
+    """An explicit in-process runner by default (Beam's default first tries to download Prism,
+    which fails offline); any `--runner` and other Beam options pass through."""
+    import apache_beam as beam
+
+    args = dask_partitions(normalize_runner(config.beam_args), n_shards)
+    check_beam_args(args)
+    options = PipelineOptions(args)
+    runner_name = options.get_all_options().get("runner")
+    if runner_name:
+        try:
+            return beam.Pipeline(options=options)
+        except (ValueError, ImportError) as exc:
+            raise VlpipeError(f"cannot use runner {runner_name!r}: {exc}") from exc
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    direct = options.view_as(DirectOptions)
+    if config.workers > 1:
+        direct.direct_running_mode = "multi_processing"
+        direct.direct_num_workers = config.workers
+    else:
+        direct.direct_running_mode = "in_memory"
+        direct.direct_num_workers = 1
+    return beam.Pipeline(runner=FnApiRunner(), options=options)

@@ -1,0 +1,147 @@
+"""The layout of a run's output directory, on any fsspec filesystem.
+
+```
+out/
+  manifest.json        models and their config, schema version, counts, times, vlpipe version
+  _SUCCESS             written last, when every input is accounted for
+  parts/part-*.parquet one per shard, rows per vlpipe.schema.result_schema
+  failed/part-*.parquet one per shard with failures, rows per vlpipe.schema.FAILED_SCHEMA
+  index/               FAISS index, id map and meta.json (vlpipe.index)
+```
+
+Readers here tolerate a corrupt part: they skip it and report it, so one bad file never takes
+down an index build or a resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SUCCESS = "_SUCCESS"
+PARTS = "parts"
+FAILED = "failed"
+INDEX = "index"
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class RunDir:
+    """A run's output directory; `path` may be a local path or any fsspec URL."""
+
+    path: str
+    fs: fsspec.AbstractFileSystem = field(init=False, repr=False)
+    root: str = field(init=False)
+    corrupt: list[str] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.fs, self.root = fsspec.core.url_to_fs(self.path)
+        self.root = self.root.rstrip("/") or "/"
+
+    def join(self, *names: str) -> str:
+        return posixpath.join(self.root, *names)
+
+    def url(self, *names: str) -> str:
+        """A path under this directory as a URL another process can open with fsspec."""
+        return self.fs.unstrip_protocol(self.join(*names))
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.root)
+
+    def _list(self, sub: str) -> list[str]:
+        folder = self.join(sub)
+        # Object stores' filesystems cache listings; other processes (workers) add parts.
+        self.fs.invalidate_cache(folder)
+        if not self.fs.exists(folder):
+            return []
+        names = self.fs.ls(folder, detail=False)
+        return sorted(
+            n
+            for n in names
+            if n.endswith(".parquet") and not posixpath.basename(n).startswith(TMP_PREFIX)
+        )
+
+    def parts(self) -> list[str]:
+        return self._list(PARTS)
+
+    def failed_parts(self) -> list[str]:
+        return self._list(FAILED)
+
+    def read_manifest(self) -> dict | None:
+        name = self.join(MANIFEST)
+        if not self.fs.exists(name):
+            return None
+        with self.fs.open(name, "r") as f:
+            return json.load(f)
+
+    def write_manifest(self, manifest: dict) -> None:
+        write_atomic(self.fs, self.join(MANIFEST), json.dumps(manifest, indent=2).encode())
+
+    def is_complete(self) -> bool:
+        return self.fs.exists(self.join(SUCCESS))
+
+    def open_part(self, path: str) -> pq.ParquetFile | None:
+        """A part's ParquetFile, or None (and a warning, and a note in `corrupt`) if unreadable."""
+        try:
+            return pq.ParquetFile(self.fs.open(path, "rb"))
+        except Exception as exc:  # noqa: BLE001 - any unreadable part is reported, not fatal
+            log.warning("skipping corrupt part %s: %s", path, exc)
+            self.corrupt.append(path)
+            return None
+
+    def iter_batches(
+        self, columns: list[str], failed: bool = False, batch_size: int = 65536
+    ) -> Iterator[pa.RecordBatch]:
+        """Record batches of `columns` from every readable part, in part order, bounded memory."""
+        for path in self.failed_parts() if failed else self.parts():
+            pf = self.open_part(path)
+            if pf is None:
+                continue
+            try:
+                yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("skipping corrupt part %s: %s", path, exc)
+                self.corrupt.append(path)
+
+    def image_ids(self, failed: bool = False) -> set[str]:
+        """Ids of every part read in full: a part that breaks halfway counts as corrupt, none of
+        its ids as done (resume sets it aside and processes all of them again)."""
+        ids: set[str] = set()
+        for path in self.failed_parts() if failed else self.parts():
+            pf = self.open_part(path)
+            if pf is None:
+                continue
+            try:
+                part = pf.read(columns=["image_id"]).column(0).to_pylist()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("skipping corrupt part %s: %s", path, exc)
+                self.corrupt.append(path)
+                continue
+            ids.update(part)
+        return ids
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write to a temp name beside `path`, then rename, so readers never see half a file."""
+    folder, name = posixpath.split(path)
+    tmp = posixpath.join(folder, f"{TMP_PREFIX}{name}")
+    fs.makedirs(folder, exist_ok=True)
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def write_table_atomic(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_atomic(fs, path, sink.getvalue().to_pybytes())

@@ -1,0 +1,265 @@
+"""The search web app: one self-contained page, a small JSON API and on-demand thumbnails.
+
+Routes:
+  GET  /                         the page (inline CSS and JS, no outside assets)
+  GET  /api/search?q=TEXT&k=K    text -> image search
+  GET  /api/search?image_id=ID   image -> image search with an indexed image
+  POST /api/search?k=K           image -> image search with an uploaded image (multipart `image`)
+  GET  /thumb/{image_id}         JPEG thumbnail of an indexed image
+
+Safety: images are served by image_id only, and only ids the index knows; no request ever names
+a path that gets opened. Queries, k and uploads are bounded, uploads go through the pipeline's
+guarded decoder, a Host check keeps DNS-rebinding pages out when serving on loopback, and every
+error is a JSON object {"error": ...} with its status code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from importlib import resources
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from vlpipe.errors import VlpipeError
+from vlpipe.serve.thumbnails import SAFE_ID, ThumbnailCache, ThumbnailError, read_source
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+PAGE_CSP = (
+    "default-src 'none'; img-src 'self' blob:; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_query_chars: int = 500
+    max_k: int = 100
+    default_k: int = 24
+    max_upload_bytes: int = 10 * 1024 * 1024
+    #: shortest side the guarded decoder keeps (JPEG draft) for query images: enough for the
+    #: input size of common embedders (224-384 px), and big photos still decode fast
+    decode_min_side: int = 384
+
+
+class SearchService:
+    """The searcher behind a lock (one model, one query at a time) and the thumbnail cache."""
+
+    def __init__(self, searcher, thumbs: ThumbnailCache, limits: Limits):
+        self.searcher = searcher
+        self.thumbs = thumbs
+        self.limits = limits
+        self._lock = threading.Lock()
+
+    def by_text(self, query: str, k: int) -> list:
+        with self._lock:
+            return self.searcher.search_text([query], self._k(k))[0]
+
+    def by_image(self, data: bytes, k: int) -> list:
+        from vlpipe.transforms.decode import DecodeError, decode_image
+
+        try:
+            image = decode_image(data, self.limits.decode_min_side).image
+        except DecodeError as exc:
+            raise HTTPException(422, f"cannot decode the image: {exc}") from None
+        with self._lock:
+            return self.searcher.search_image([image], self._k(k))[0]
+
+    def by_indexed_image(self, image_id: str, k: int) -> list:
+        uri = self.uri_of(image_id)
+        try:
+            data = read_source(uri, self.thumbs.max_source_bytes)
+        except ThumbnailError as exc:
+            raise HTTPException(404 if exc.missing else 422, str(exc)) from None
+        return self.by_image(data, k)
+
+    def _k(self, k: int) -> int:
+        """Never more results than the index holds."""
+        return max(1, min(k, self.searcher.size))
+
+    def uri_of(self, image_id: str) -> str:
+        uri = self.searcher.uri_of(image_id) if SAFE_ID.match(image_id) else None
+        if uri is None:
+            raise HTTPException(404, "no such image in the index")
+        return uri
+
+    def thumbnail(self, image_id: str) -> bytes:
+        uri = self.uri_of(image_id)
+        try:
+            return self.thumbs.get(image_id, uri)
+        except ThumbnailError as exc:
+            raise HTTPException(404 if exc.missing else 422, str(exc)) from None
+
+
+def _hit_json(hit) -> dict:
+    return {
+        "rank": int(hit.rank),
+        "score": round(float(hit.score), 4),
+        "image_id": hit.image_id,
+        "uri": hit.uri,
+        "caption": hit.caption,
+        "thumb": f"/thumb/{hit.image_id}",
+    }
+
+
+def _parse_k(request: Request, limits: Limits) -> int:
+    raw = request.query_params.get("k", str(limits.default_k))
+    try:
+        k = int(raw)
+    except ValueError:
+        raise HTTPException(400, "k must be a whole number") from None
+    if not 1 <= k <= limits.max_k:
+        raise HTTPException(400, f"k must be between 1 and {limits.max_k}")
+    return k
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be over `limit`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"upload over the {limit // 2**20} MB limit")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"upload over the {limit // 2**20} MB limit")
+    return bytes(body)
+
+
+async def _uploaded_image(request: Request, limits: Limits) -> bytes:
+    # Multipart framing adds a few hundred bytes to the file itself.
+    body = await _read_body(request, limits.max_upload_bytes + 64 * 1024)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(415, "send the image as multipart/form-data in a field named 'image'")
+
+    async def once():
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, once(), max_files=1, max_fields=8).parse()
+    except MultiPartException as exc:
+        raise HTTPException(400, f"bad multipart upload: {exc.message}") from None
+    upload = form.get("image")
+    if upload is None or isinstance(upload, str):
+        raise HTTPException(400, "no file in the 'image' field")
+    data = await upload.read()
+    if len(data) > limits.max_upload_bytes:
+        raise HTTPException(413, f"upload over the {limits.max_upload_bytes // 2**20} MB limit")
+    if not data:
+        raise HTTPException(400, "the uploaded file is empty")
+    return data
+
+
+def create_app(searcher, thumbs: ThumbnailCache, limits: Limits | None = None, *,
+               allowed_hosts: set[str] | None = None) -> Starlette:  # fmt: skip
+    """The ASGI app over an open Searcher. `allowed_hosts` None accepts any Host header."""
+    limits = limits or Limits()
+    service = SearchService(searcher, thumbs, limits)
+    page = resources.files("vlpipe.serve").joinpath("static/index.html").read_text("utf-8")
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP})
+
+    async def search_get(request: Request) -> Response:
+        k = _parse_k(request, limits)
+        image_id = request.query_params.get("image_id")
+        if image_id is not None:
+            hits = await run_in_threadpool(service.by_indexed_image, image_id, k)
+            return JSONResponse({"image_id": image_id, "k": k, "results": _hits(hits)})
+        query = request.query_params.get("q", "").strip()
+        if not query:
+            raise HTTPException(400, "give a query: /api/search?q=...")
+        if len(query) > limits.max_query_chars:
+            raise HTTPException(400, f"query over {limits.max_query_chars} characters")
+        hits = await run_in_threadpool(service.by_text, query, k)
+        return JSONResponse({"query": query, "k": k, "results": _hits(hits)})
+
+    async def search_post(request: Request) -> Response:
+        k = _parse_k(request, limits)
+        data = await _uploaded_image(request, limits)
+        hits = await run_in_threadpool(service.by_image, data, k)
+        return JSONResponse({"k": k, "results": _hits(hits)})
+
+    async def thumb(request: Request) -> Response:
+        image_id = request.path_params["image_id"]
+        data = await run_in_threadpool(service.thumbnail, image_id)
+        etag = '"' + hashlib.sha1(data).hexdigest()[:20] + '"'
+        headers = {"ETag": etag, "Cache-Control": "public, max-age=86400"}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    app = Starlette(
+        routes=[
+            Route("/", index),
+            Route("/api/search", search_get, methods=["GET"]),
+            Route("/api/search", search_post, methods=["POST"]),
+            Route("/thumb/{image_id}", thumb),
+        ],
+        exception_handlers={
+            HTTPException: _http_error,
+            VlpipeError: _user_error,
+            Exception: _server_error,
+        },
+    )
+    app.add_middleware(_HeadersMiddleware, allowed_hosts=allowed_hosts)
+    return app
+
+
+def _hits(hits: list) -> list[dict]:
+    return [_hit_json(h) for h in hits]
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _user_error(request: Request, exc: VlpipeError) -> Response:
+    return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("error serving %s", request.url.path)
+    return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+class _HeadersMiddleware:
+    """Rejects foreign Host headers (DNS rebinding) and adds nosniff to every response."""
+
+    def __init__(self, app, allowed_hosts: set[str] | None):
+        self.app = app
+        self.allowed = allowed_hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.allowed is not None and _host(scope) not in self.allowed:
+            response = JSONResponse({"error": "unexpected Host header"}, status_code=400)
+            return await response(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _host(scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"host":
+            host = value.decode("latin-1").lower()
+            return host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return ""

@@ -1,0 +1,90 @@
+"""JPEG thumbnails of indexed images, made on first request and kept in a local disk cache.
+
+The caller passes an image_id it has already looked up in the index and the uri the index holds
+for it; nothing here ever opens a path that came from a request. Cache files are named by the
+image_id alone (checked to be hex), so a cache entry cannot point outside the cache directory.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import fsspec
+
+SAFE_ID = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+class ThumbnailError(Exception):
+    """The source image of a thumbnail cannot be read (`missing`) or decoded."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
+
+
+def default_cache_dir(index: str) -> Path:
+    """A per-index folder in the user's cache dir (the index may be read-only or remote)."""
+    import hashlib
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    where = index if "://" in index else os.path.abspath(index)
+    return base / "vlpipe" / "thumbs" / hashlib.sha1(where.encode()).hexdigest()[:16]
+
+
+class ThumbnailCache:
+    """Thumbnails at most `size` px on their longer side, JPEG, one file per image_id."""
+
+    def __init__(self, cache_dir: str | os.PathLike, size: int = 256, max_source_mb: int = 64):
+        self.dir = Path(cache_dir)
+        self.size = size
+        self.max_source_bytes = max_source_mb * 1024 * 1024
+
+    def path(self, image_id: str) -> Path:
+        if not SAFE_ID.match(image_id):
+            raise ValueError(f"not an image id: {image_id!r}")
+        return self.dir / f"{image_id}-{self.size}.jpg"
+
+    def get(self, image_id: str, uri: str) -> bytes:
+        """The cached thumbnail, or a new one made from `uri` (raises ThumbnailError)."""
+        path = self.path(image_id)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        data = self._make(read_source(uri, self.max_source_bytes))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".jpg")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)  # atomic: concurrent requests never see half a file
+        return data
+
+    def _make(self, source: bytes) -> bytes:
+        from vlpipe.transforms.decode import DecodeError, decode_image
+
+        try:
+            image = decode_image(source, self.size).image
+        except DecodeError as exc:
+            raise ThumbnailError(f"cannot decode the indexed image: {exc}") from None
+        image.thumbnail((self.size, self.size))
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=85, optimize=True)
+        return buf.getvalue()
+
+
+def read_source(uri: str, max_bytes: int) -> bytes:
+    """The bytes at an indexed uri (local path or any fsspec URL), at most `max_bytes`."""
+    try:
+        with fsspec.open(uri, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise ThumbnailError("the indexed image is no longer readable", missing=True) from None
+    except OSError as exc:
+        raise ThumbnailError(f"cannot read the indexed image: {exc}", missing=True) from None
+    if len(data) > max_bytes:
+        raise ThumbnailError(f"the indexed image is over {max_bytes // 2**20} MB")
+    return data

@@ -1,0 +1,151 @@
+"""vlpipe's Beam ModelHandler: captions, image embeddings and text scores for a batch of images.
+
+The handler plugs into Beam's `RunInference` in a user's own pipeline:
+
+    images | beam.Map(prepare_image, models) | RunInference(VlpipeModelHandler(...))
+
+vlpipe's own pipeline drives the same handler from a shard-level DoFn instead (see
+`transforms/shard.py` for why), so both paths share one implementation of batching and inference.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from apache_beam.ml.inference.base import ModelHandler
+
+from vlpipe.models.base import Captioner, CaptionEmbedder, Embedder
+from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, decode_image
+
+
+@dataclass
+class Models:
+    """The loaded pair; `captioner is embedder` for a fused model like vlpipe-mini."""
+
+    captioner: Captioner
+    embedder: Embedder
+
+    @property
+    def fused(self) -> bool:
+        return self.captioner is self.embedder and isinstance(self.captioner, CaptionEmbedder)
+
+    @property
+    def image_size(self) -> int:
+        return max(self.captioner.image_size, self.embedder.image_size)
+
+
+@dataclass
+class PreparedImage:
+    """One decoded image, preprocessed for both models (once, if they are the same model)."""
+
+    image_id: str
+    width: int
+    height: int
+    caption_pixels: torch.Tensor
+    embed_pixels: torch.Tensor
+    text: str | None = None
+
+
+@dataclass
+class ImageResult:
+    image_id: str
+    caption: str
+    embedding: np.ndarray  # (dim,) float32, L2-normalised
+    text_score: float | None
+
+
+def prepare_image(
+    image_id: str,
+    data: bytes,
+    models: Models,
+    text: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> PreparedImage:
+    """Decode once, at the size the models need, and preprocess for each. Raises DecodeError."""
+    decoded = decode_image(data, min_side=models.image_size, max_pixels=max_pixels)
+    cap = models.captioner.preprocess(decoded.image)
+    emb = cap if models.fused else models.embedder.preprocess(decoded.image)
+    return PreparedImage(image_id, decoded.width, decoded.height, cap, emb, text)
+
+
+_LOADED: dict[tuple, Models] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
+    """Loads the captioner and embedder once per process; one forward pass per batch."""
+
+    def __init__(
+        self,
+        captioner: str = "mini",
+        embedder: str = "mini",
+        device: str = "auto",
+        precision: str = "auto",
+        max_caption_tokens: int = 30,
+        min_batch_size: int = 1,
+        max_batch_size: int = 32,
+    ):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self.captioner_name = captioner
+        self.embedder_name = embedder
+        self.device = device
+        self.precision = precision
+        self.max_caption_tokens = max_caption_tokens
+        self.max_batch_size = max_batch_size
+
+    def load_model(self) -> Models:
+        """Once per process: every DoFn instance, thread and bundle shares the loaded models."""
+        key = (self.captioner_name, self.embedder_name, self.device, self.precision)
+        with _LOAD_LOCK:
+            if key not in _LOADED:
+                from vlpipe.models.registry import load_models
+
+                _LOADED[key] = Models(*load_models(*key))
+            return _LOADED[key]
+
+    def run_inference(
+        self,
+        batch: Sequence[PreparedImage],
+        model: Models,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[ImageResult]:
+        captions, embeddings = self._caption_and_embed(batch, model)
+        scores = _text_scores(batch, embeddings, model.embedder)
+        return [
+            ImageResult(p.image_id, c, e, s)
+            for p, c, e, s in zip(batch, captions, embeddings, scores, strict=True)
+        ]
+
+    def _caption_and_embed(
+        self, batch: Sequence[PreparedImage], model: Models
+    ) -> tuple[list[str], np.ndarray]:
+        cap_pixels = torch.stack([p.caption_pixels for p in batch])
+        if model.fused:
+            return model.captioner.caption_and_embed(cap_pixels, self.max_caption_tokens)
+        captions = model.captioner.caption(cap_pixels, self.max_caption_tokens)
+        embeddings = model.embedder.embed_images(torch.stack([p.embed_pixels for p in batch]))
+        return captions, embeddings
+
+    def get_metrics_namespace(self) -> str:
+        return "vlpipe"
+
+    def share_model_across_processes(self) -> bool:
+        return False
+
+
+def _text_scores(
+    batch: Sequence[PreparedImage], embeddings: np.ndarray, embedder: Embedder
+) -> list[float | None]:
+    """cosine(image, given text) for the images whose source has text; one text-tower call."""
+    with_text = [i for i, p in enumerate(batch) if p.text]
+    scores: list[float | None] = [None] * len(batch)
+    if with_text:
+        text_emb = embedder.embed_texts([batch[i].text for i in with_text])
+        for row, i in enumerate(with_text):
+            scores[i] = float(np.dot(embeddings[i], text_emb[row]))
+    return scores
