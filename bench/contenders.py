@@ -215,14 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-size", type=int, help="vlpipe only (default: vlpipe's own)")
     parser.add_argument("--run-workers", type=int, default=1, help="vlpipe run --workers")
     parser.add_argument("--torch-threads", type=int, default=1, help="0: torch's default")
-    parser.add_argument("--kv-cache", action="store_true", help="decode with bench.kv_cache")
+    parser.add_argument(
+        "--full-prefix-decoder", action="store_true",
+        help="decode captions the old way, without the KV cache (the profile's 'before')",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    if args.kv_cache:
-        from bench.kv_cache import install
+    if args.full_prefix_decoder:
+        from bench.kv_cache import install_full_prefix
 
-        install()
+        install_full_prefix()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     uris = read_manifest(args.manifest)
     result = RUNNERS[args.contender](uris, args.manifest, args.model, Path(args.out), args)
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         contender=args.contender,
         images=len(uris),
         torch_threads=torch.get_num_threads(),
-        kv_cache=args.kv_cache,
+        full_prefix_decoder=args.full_prefix_decoder,
         run_workers=args.run_workers,
     )
     print(json.dumps(result))

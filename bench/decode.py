@@ -47,16 +47,13 @@ def vlpipe_decode(data: bytes) -> torch.Tensor:
     return preprocess_image(decode_image(data, min_side=SIZE).image)
 
 
-def vlpipe_decode_torch_resize(data: bytes) -> torch.Tensor:
-    """vlpipe's decoder with the resize done by torch's antialiased bicubic on uint8 (the same
-    filter as Pillow's, SIMD-vectorised): a proposed change to vlpipe-mini's preprocess."""
-    from torch.nn.functional import interpolate
-
+def vlpipe_decode_pil_resize(data: bytes) -> torch.Tensor:
+    """vlpipe's decoder with the resize vlpipe-mini's preprocess used before (Pillow's bicubic):
+    the "before" of the change to torch's SIMD resize."""
     from vlpipe.transforms.decode import decode_image
 
-    pixels = torch.from_numpy(np.asarray(decode_image(data, min_side=SIZE).image).copy())
-    pixels = pixels.permute(2, 0, 1)[None]
-    return interpolate(pixels, size=(SIZE, SIZE), mode="bicubic", antialias=True)[0]
+    image = decode_image(data, min_side=SIZE).image
+    return _to_tensor(image.resize((SIZE, SIZE), Image.Resampling.BICUBIC))
 
 
 def plain_pil(data: bytes) -> torch.Tensor:
@@ -99,7 +96,7 @@ def opencv_decode(data: bytes) -> torch.Tensor:
 
 CANDIDATES: dict[str, Callable[[bytes], torch.Tensor]] = {
     "vlpipe": vlpipe_decode,
-    "vlpipe + torch resize": vlpipe_decode_torch_resize,
+    "vlpipe, Pillow resize": vlpipe_decode_pil_resize,
     "plain PIL": plain_pil,
     "torchvision": torchvision_decode,
     "simplejpeg": simplejpeg_decode,
@@ -107,7 +104,7 @@ CANDIDATES: dict[str, Callable[[bytes], torch.Tensor]] = {
 }
 DESCRIPTIONS = {
     "vlpipe": "vlpipe: decode_image (draft) + vlpipe-mini preprocess",
-    "vlpipe + torch resize": "proposed: decode_image (draft) + torch antialiased bicubic resize",
+    "vlpipe, Pillow resize": "before: decode_image (draft) + Pillow bicubic resize",
     "plain PIL": "plain PIL: open().convert('RGB').resize((224, 224))",
     "torchvision": "torchvision.io.decode_jpeg + antialiased resize",
     "simplejpeg": "simplejpeg (libjpeg-turbo, DCT scaling) + PIL resize",

@@ -53,7 +53,6 @@ def run_contender(
         sys.executable, "-m", "bench.contenders", name, "--manifest", csv, "--model", args.model,
         "--out", str(out), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
         "--torch-threads", str(threads), "--run-workers", str(run_workers),
-        *(["--kv-cache"] if getattr(args, "kv_cache", False) else []),
     ]  # fmt: skip
     # OMP_NUM_THREADS also reaches the processes a contender starts (Beam's worker processes)
     child = run_child(argv, env={"OMP_NUM_THREADS": str(threads)} if threads else None)
@@ -90,10 +89,7 @@ def median_rate(runs: list[dict]) -> float:
 
 
 def run(args) -> dict:
-    if args.kv_cache:
-        report = Report(f"{NAME}_kv_cache", TITLE + ", with the proposed KV-cached decoder")
-    else:
-        report = Report(NAME, TITLE)
+    report = Report(NAME, TITLE)
     runs = measure(args)
     rate = {name: median_rate(rs) for name, rs in runs.items()}
     vl = rate["vlpipe"]
@@ -125,7 +121,6 @@ def run(args) -> dict:
         )  # fmt: skip
     report.details = {
         "corpus": describe(ensure(args.images, "mixed")),
-        "kv_cache": args.kv_cache,
         "model": args.model,
         "torch_threads": args.torch_threads,
         "batch_size": args.batch_size,
@@ -190,10 +185,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="intra-op threads of every contender (0: torch's default, one per core)",
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument(
-        "--kv-cache", action="store_true",
-        help="every contender decodes captions with bench/kv_cache.py (results: e2e_kv_cache)",
-    )  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true", help="128 images, 32 naive, 1 round, no extra vlpipe runs"
     )

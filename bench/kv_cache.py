@@ -1,17 +1,10 @@
-"""A measured fix for the slowest CPU stage: vlpipe-mini's caption decoding, with a KV cache.
+"""Before/after of the fix for the slowest CPU stage: vlpipe-mini's caption decoding.
 
-The profile (bench/profile.py) puts most of `vlpipe run`'s CPU time in
-`CaptionDecoder.generate` (vlpipe/models/mini/fusion.py). Each of its steps runs the whole
-nn.TransformerDecoder over the whole prefix again: the self-attention of every earlier token, the
-cross-attention keys and values of all 50 memory cells in every layer, and the vocabulary
-projection of every position, of which only the last is used. `cached_generate` below is the same
-beam search (greedy when beams == 1) on the same weights, computing each step for the new token
-only: per-layer self-attention keys/values are cached (and reordered with the beams), the
-cross-attention keys/values are computed once per image, and only the last position is projected
-to the vocabulary. It returns the same token ids (checked on every run here).
-
-fusion.py belongs to the vlpipe-mini work, so this is a proposal with its measurement: moving
-`cached_generate` into `CaptionDecoder.generate` is the change.
+The profile (bench/profile.py) put most of `vlpipe run`'s CPU time in caption decoding, which ran
+the whole nn.TransformerDecoder over the whole prefix at every step. `CaptionDecoder.generate` now
+decodes with a KV cache (vlpipe/models/mini/decoding.py: `CachedStep`); the baseline here is the
+same beam search with the old full-prefix step (`FullPrefixStep`), on the same weights and
+memories, checked to give the same token ids.
 
     python -m bench.kv_cache [--images 64] [--model mini] [--quick]
 """
@@ -19,111 +12,30 @@ fusion.py belongs to the vlpipe-mini work, so this is a proposal with its measur
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from bench.common import Figure, Report
 from bench.corpus import CorpusError, describe, ensure
+from vlpipe.models.mini.decoding import FullPrefixStep, beam_search
 
 NAME = "kv_cache"
-TITLE = "Caption decoding with a KV cache (proposed change to vlpipe-mini)"
+TITLE = "Caption decoding with a KV cache (before/after in vlpipe-mini)"
 
 
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    n, t, d = x.shape
-    return x.view(n, t, heads, d // heads).transpose(1, 2)
+def full_prefix_generate(decoder, memory, beams=1, max_tokens=30, length_penalty=0.7):
+    """The decoding vlpipe-mini used before the KV cache (the baseline)."""
+    return beam_search(decoder, memory, beams, max_tokens, length_penalty, FullPrefixStep)
 
 
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    n, h, t, hd = x.shape
-    return x.transpose(1, 2).reshape(n, t, h * hd)
-
-
-def _cross_kv(decoder, memory: torch.Tensor, heads: int) -> list[tuple[torch.Tensor, ...]]:
-    """Each layer's cross-attention keys and values: once per image, not once per step."""
-    d = memory.shape[-1]
-    out = []
-    for layer in decoder.decoder.layers:
-        attn = layer.multihead_attn
-        kv = F.linear(memory, attn.in_proj_weight[d:], attn.in_proj_bias[d:])
-        out.append((_split_heads(kv[..., :d], heads), _split_heads(kv[..., d:], heads)))
-    return out
-
-
-def _step(decoder, x: torch.Tensor, cache: list, cross: list, heads: int) -> torch.Tensor:
-    """One new token (N, 1, d) through every pre-norm layer; appends to the self-attn cache."""
-    d = x.shape[-1]
-    for i, layer in enumerate(decoder.decoder.layers):
-        sa = layer.self_attn
-        qkv = F.linear(layer.norm1(x), sa.in_proj_weight, sa.in_proj_bias)
-        q, k, v = (_split_heads(z, heads) for z in qkv.split(d, -1))
-        if cache[i] is not None:
-            k, v = torch.cat([cache[i][0], k], 2), torch.cat([cache[i][1], v], 2)
-        cache[i] = (k, v)
-        x = x + sa.out_proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
-        ca = layer.multihead_attn
-        q = F.linear(layer.norm2(x), ca.in_proj_weight[:d], ca.in_proj_bias[:d])
-        attended = F.scaled_dot_product_attention(_split_heads(q, heads), *cross[i])
-        x = x + ca.out_proj(_merge_heads(attended))
-        x = x + layer._ff_block(layer.norm3(x))
-    return x
-
-
-@torch.no_grad()
-def cached_generate(
-    decoder, memory: torch.Tensor, beams: int = 1, max_tokens: int = 30, length_penalty=0.7
-) -> list[list[int]]:
-    """CaptionDecoder.generate's beam search, one token of compute per step."""
-    from vlpipe.models.mini.fusion import BOS, EOS, PAD, UNK
-
-    n, k = memory.shape[0], max(1, beams)
-    steps = min(max_tokens, decoder.max_len - 1)
-    memory = memory.repeat_interleave(k, 0)
-    heads = decoder.decoder.layers[0].self_attn.num_heads
-    cross = _cross_kv(decoder, memory, heads)
-    cache: list = [None] * len(decoder.decoder.layers)
-    scale = math.sqrt(decoder.embed.embedding_dim)
-    tokens = torch.full((n * k, 1), BOS, dtype=torch.long, device=memory.device)
-    scores = torch.full((n, k), float("-inf"), device=memory.device)
-    scores[:, 0] = 0.0
-    done = torch.zeros(n * k, dtype=torch.bool, device=memory.device)
-    lengths = torch.zeros(n * k, device=memory.device)
-    for t in range(steps):
-        x = decoder.embed(tokens[:, -1:]) * scale + decoder.pos[t]
-        x = _step(decoder, x, cache, cross, heads)[:, -1]
-        logp = (decoder.norm(x) @ decoder.embed.weight.T + decoder.out_bias).float().log_softmax(-1)
-        logp[:, PAD] = logp[:, BOS] = logp[:, UNK] = float("-inf")
-        logp[done] = float("-inf")  # finished beams only extend with EOS, at no cost
-        logp[done, EOS] = 0.0
-        vocab = logp.shape[-1]
-        cand = (scores.view(n * k, 1) + logp).view(n, k * vocab)
-        scores, flat = cand.topk(k, dim=-1)
-        origin = (flat // vocab + torch.arange(n, device=flat.device)[:, None] * k).flatten()
-        word = (flat % vocab).flatten()
-        tokens = torch.cat([tokens[origin], word[:, None]], 1)
-        cache = [(a[origin], b[origin]) for a, b in cache]
-        lengths = lengths[origin] + (~done[origin]).float()
-        done = done[origin] | (word == EOS)
-        if done.all():
-            break
-    normed = scores / lengths.view(n, k).clamp(min=1) ** length_penalty
-    best = normed.argmax(-1) + torch.arange(n, device=normed.device) * k
-    return [row[: row.index(EOS)] if EOS in row else row for row in tokens[best, 1:].tolist()]
-
-
-def install() -> None:
-    """Make every CaptionDecoder in this process decode with `cached_generate` (used by
-    `python -m bench.contenders --kv-cache` to measure the proposal end to end)."""
+def install_full_prefix() -> None:
+    """Make every CaptionDecoder in this process decode the old way (used by
+    `python -m bench.contenders --full-prefix-decoder` to measure the "before" end to end)."""
     from vlpipe.models.mini.fusion import CaptionDecoder
 
-    def generate(self, memory, beams=1, max_tokens=30, length_penalty=0.7):
-        return cached_generate(self, memory, beams, max_tokens, length_penalty)
-
-    CaptionDecoder.generate = generate
+    CaptionDecoder.generate = full_prefix_generate
 
 
 def memories(model, paths, batch: int) -> list[torch.Tensor]:
@@ -139,15 +51,15 @@ def memories(model, paths, batch: int) -> list[torch.Tensor]:
 
 
 def time_both(model, mems: list[torch.Tensor], beams: int, max_tokens: int) -> dict:
-    """Seconds of the current generate and of cached_generate (interleaved per batch)."""
+    """Seconds of full-prefix and of KV-cached decoding (interleaved per batch)."""
     current = cached = 0.0
     same = total = 0
     with torch.inference_mode():
         for mem in mems:
             t0 = time.perf_counter()
-            a = model.decoder.generate(mem, beams, max_tokens)
+            a = full_prefix_generate(model.decoder, mem, beams, max_tokens)
             t1 = time.perf_counter()
-            b = cached_generate(model.decoder, mem, beams, max_tokens)
+            b = model.decoder.generate(mem, beams, max_tokens)
             cached += time.perf_counter() - t1
             current += t1 - t0
             same += sum(x == y for x, y in zip(a, b, strict=True))
@@ -172,7 +84,7 @@ def run(args) -> dict:
             report.add(
                 Figure(
                     f"caption decoding, beams {beams}, {threads} thread(s)", rate_new, rate_now,
-                    "current generate", "captions/s",
+                    "full-prefix decoding", "captions/s",
                     note=f"{r['identical']}/{r['captions']} identical captions",
                 )
             )  # fmt: skip
@@ -191,10 +103,10 @@ def markdown(result: dict) -> str:
     lines = [
         f"Model `{d['model']}`, {d['corpus']['images']} corpus images in batches of"
         f" {d['batch_size']}, up to {d['max_tokens']} tokens. The `vlpipe` column is"
-        " `cached_generate` (bench/kv_cache.py), the baseline the current"
-        " `CaptionDecoder.generate`; both produce the same captions:",
+        " `CaptionDecoder.generate` (KV-cached), the baseline the same beam search re-running"
+        " the full prefix each step (the decoder before the change); same captions:",
         "",
-        "| setting | identical captions | current s | cached s |",
+        "| setting | identical captions | full-prefix s | cached s |",
         "|---|---|---|---|",
     ]
     for k, r in d["runs"].items():

@@ -20,7 +20,6 @@ DOC = REPO / "BENCHMARKS.md"
 RENDERERS = {
     "decode": "bench.decode",
     "e2e": "bench.e2e",
-    "e2e_kv_cache": "bench.e2e",
     "scaling": "bench.scaling",
     "index": "bench.bench_index",  # the index helper's benchmark
     "profile": "bench.profile",

@@ -233,19 +233,19 @@ def test_contenders_write_the_same_images(random_mini, flickr, tmp_path):
 
 
 @pytest.mark.parametrize("beams", [1, 3])
-def test_cached_generate_gives_the_same_captions(random_mini, beams):
-    from bench.kv_cache import cached_generate
+def test_kv_cached_decoding_gives_the_same_captions_as_full_prefix(random_mini, beams):
+    from bench.kv_cache import full_prefix_generate
     from vlpipe.models.mini import load_mini
 
     model = load_mini(random_mini, device="cpu")
     torch.manual_seed(beams)
     memory = model.decoder.memory(torch.randn(5, 1280, 7, 7))
     with torch.inference_mode():
-        expected = model.decoder.generate(memory, beams, 30)
+        expected = full_prefix_generate(model.decoder, memory, beams, 30)
         assert any(len(ids) > 2 for ids in expected)  # real sequences, not an immediate end
-        assert cached_generate(model.decoder, memory, beams, 30) == expected
-        assert cached_generate(model.decoder, memory, beams, 2) == model.decoder.generate(
-            memory, beams, 2
+        assert model.decoder.generate(memory, beams, 30) == expected
+        assert model.decoder.generate(memory, beams, 2) == full_prefix_generate(
+            model.decoder, memory, beams, 2
         )
 
 

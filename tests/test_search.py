@@ -43,37 +43,53 @@ def models(tmp_path_factory):
     return {"clip": build_tiny_clip(root / "clip"), "siglip": build_tiny_siglip(root / "siglip")}
 
 
-@pytest.fixture(scope="module")
-def indexed(models, tmp_path_factory):
-    """A run dir over N_PHOTOS example photos (one human caption each), indexed."""
+def index_photos(embedder_name: str, out, n_photos: int = N_PHOTOS) -> dict:
+    """A run dir over n_photos example photos (one human caption each), indexed."""
     from vlpipe.models.registry import load_embedder
 
-    embedder = load_embedder(models["clip"], device="cpu")
+    embedder = load_embedder(embedder_name, device="cpu")
     captions = {}
     with open(EXAMPLES.parent / "captions.csv", newline="") as f:
         for row in csv.DictReader(f):
             captions.setdefault(row["image"], row["caption"])
-    names = sorted(captions)[:N_PHOTOS]
+    names = sorted(captions)[:n_photos]
     photos = [EXAMPLES / n for n in names]
     pixels = torch.stack([embedder.preprocess(Image.open(p).convert("RGB")) for p in photos])
     vectors = embedder.embed_images(pixels)
-    out = tmp_path_factory.mktemp("search") / "out"
     run = RunDir(str(out))
-    half = N_PHOTOS // 2
+    half = n_photos // 2
     uris = [str(p) for p in photos]
     caps = [captions[n] for n in names]
     write_part(run, "part-00000.parquet", vectors[:half], uris[:half], caps[:half])
     write_part(run, "part-00001.parquet", vectors[half:], uris[half:], caps[half:])
     record = {
-        "name": models["clip"],
+        "name": embedder_name,
         "config": embedder.describe(),
         "fingerprint": embedder.fingerprint(),
     }
-    write_manifest(run, embedder.dim, N_PHOTOS, record)
+    write_manifest(run, embedder.dim, n_photos, record)
     build_index(str(out), progress=False)
     stored = vectors.astype(np.float16).astype(np.float32)
     stored /= np.linalg.norm(stored, axis=1, keepdims=True)
-    return {"out": str(out), "uris": uris, "captions": caps, "vectors": stored}
+    return {
+        "out": str(out),
+        "uris": uris,
+        "captions": caps,
+        "vectors": stored,
+        "embedder": embedder,
+    }
+
+
+@pytest.fixture(scope="module")
+def indexed(models, tmp_path_factory):
+    return index_photos(models["clip"], tmp_path_factory.mktemp("search") / "out")
+
+
+@pytest.fixture(scope="module")
+def mini_indexed(tmp_path_factory):
+    """The same photos embedded by the shipped vlpipe-mini."""
+    torch.set_num_threads(2)
+    return index_photos("mini", tmp_path_factory.mktemp("search-mini") / "out", n_photos=8)
 
 
 def test_an_image_query_returns_its_own_image_first(indexed):
@@ -241,3 +257,37 @@ def test_opening_an_index_imports_neither_torch_nor_beam(indexed):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+def test_mini_text_search_in_a_fresh_process_needs_neither_torch_nor_transformers(mini_indexed):
+    """vlpipe-mini's text queries run on its NumPy text path: a cold search skips torch."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "vlpipe", "search", "a dog runs on the grass",
+         "--index", mini_indexed["out"], "-k", "8", "--json"],
+        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "faiss" in imported and "tokenizers" in imported
+    assert not imported & {"torch", "transformers", "apache_beam"}
+    hits = [json.loads(line) for line in proc.stdout.splitlines()]
+    # the same ranking as brute force over the stored vectors with the torch text tower
+    query = mini_indexed["embedder"].embed_texts(["a dog runs on the grass"])[0]
+    scores = mini_indexed["vectors"] @ query
+    expected = [mini_indexed["uris"][i] for i in np.argsort(-scores)]
+    assert [h["uri"] for h in hits] == expected
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(scores)[::-1], atol=2e-3)
+
+
+def test_mini_numpy_text_path_equals_the_torch_text_tower(mini_indexed):
+    from vlpipe.models.mini import SHIPPED_DIR
+    from vlpipe.models.mini.text_query import MiniTextQueries
+
+    texts = ["a dog runs on the grass", "TWO children, in a fountain!", "x", "sofa " * 300]
+    numpy_path = MiniTextQueries(SHIPPED_DIR)
+    torch_path = mini_indexed["embedder"]
+    assert numpy_path.fingerprint() == torch_path.fingerprint()
+    np.testing.assert_allclose(
+        numpy_path.embed_texts(texts), torch_path.embed_texts(texts), atol=1e-5
+    )

@@ -103,7 +103,7 @@ def test_text_search_returns_ranked_hits(client, indexed, searcher):
     body = r.json()
     hits = body["results"]
     assert body["query"] == "a dog runs on the grass" and len(hits) == 5
-    assert [h["rank"] for h in hits] == list(range(5))
+    assert [h["rank"] for h in hits] == list(range(1, 6))  # ranks are 1-based, as in the CLI
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     for h in hits:
         assert searcher.uri_of(h["image_id"]) == h["uri"]

@@ -8,8 +8,9 @@ import click
 @click.command(
     "run",
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    epilog="Any other --option is passed to Beam (e.g. --runner dask --dask_client_address HOST:PORT, "
-    "--runner DataflowRunner --project P --region R --temp_location gs://... --setup_file ./setup.py).",
+    epilog="Any other --option is passed to Beam (e.g. --runner dask --dask_client_address "
+    "HOST:PORT, --runner DataflowRunner --project P --region R --temp_location gs://... "
+    "--setup_file ./setup.py).",
 )
 @click.argument("source")
 @click.option("-o", "--output", required=True, help="Output directory (local path or fsspec URL).")
@@ -19,15 +20,11 @@ import click
 @click.option("--min-batch-size", type=int, default=1, show_default=True)
 @click.option("--max-caption-tokens", type=int, default=30, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option(
-    "--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto"
-)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto")
 @click.option("--decode-threads", type=int, default=4, show_default=True)
 @click.option("--shard-size", type=int, default=None, help="Images per part (default: auto).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
-@click.option(
-    "--embedding-dtype", type=click.Choice(["float16", "float32"]), default="float16"
-)
+@click.option("--embedding-dtype", type=click.Choice(["float16", "float32"]), default="float16")
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in --output.")
 @click.option("--retry-failed", is_flag=True, help="Process again the inputs that failed before.")
 @click.option("--no-index", is_flag=True, help="Do not build the FAISS index at the end.")

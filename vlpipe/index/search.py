@@ -1,8 +1,9 @@
 """Query a built index: text, images or raw vectors in, ranked hits (score, uri, caption) out.
 
 Opening a Searcher reads meta.json, the FAISS index and the id map; the embedder is loaded on the
-first text or image query, and only the tower that query needs. Nothing here imports Beam, and
-torch only arrives with the embedder, so `vlpipe search` starts fast.
+first text or image query, and only the tower that query needs. Nothing here imports Beam; torch
+only arrives with an image query or a transformers embedder (vlpipe-mini's text queries on CPU run
+in NumPy, models/mini/text_query.py), so `vlpipe search` starts fast.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Searcher:
         self.store, self.meta, self._index, self._idmap = store, meta, index, idmap
         self.embedder_name, self.device = embedder, device
         self._embedder: Embedder | None = None
+        self._text_queries = None
 
     @classmethod
     def open(cls, index: str, embedder: str | None = None, device: str = "cpu") -> Searcher:
@@ -90,7 +92,7 @@ class Searcher:
         k = self._check_k(k)
         if not queries or any(not q or not q.strip() for q in queries):
             raise VlpipeError("empty query: give some words to search for")
-        embedder = self._load_embedder()
+        embedder = self._load_text_queries()
         vectors = np.concatenate(
             [
                 embedder.embed_texts(queries[i : i + TEXT_BATCH])
@@ -166,14 +168,29 @@ class Searcher:
         if self._embedder is None:
             from vlpipe.models.registry import load_embedder
 
-            embedder = load_embedder(self.embedder_name, device=self.device)
-            built = self.meta["embedder"]
-            if embedder.fingerprint() != built.get("fingerprint"):
-                raise VlpipeError(
-                    f"the index at {self.store.folder} was built with embedder "
-                    f"{built.get('name')!r} (fingerprint {built.get('fingerprint')}); "
-                    f"{self.embedder_name!r} embeds differently (fingerprint "
-                    f"{embedder.fingerprint()}): search with the index's embedder or rebuild it"
-                )
-            self._embedder = embedder
+            self._embedder = self._checked(load_embedder(self.embedder_name, device=self.device))
         return self._embedder
+
+    def _load_text_queries(self):
+        """Text queries only: vlpipe-mini's NumPy text path where it applies, else the embedder."""
+        if self._embedder is not None:
+            return self._embedder
+        if self._text_queries is None:
+            from vlpipe.models.registry import light_text_encoder
+
+            light = light_text_encoder(self.embedder_name, device=self.device)
+            if light is None:
+                return self._load_embedder()
+            self._text_queries = self._checked(light)
+        return self._text_queries
+
+    def _checked(self, embedder):
+        built = self.meta["embedder"]
+        if embedder.fingerprint() != built.get("fingerprint"):
+            raise VlpipeError(
+                f"the index at {self.store.folder} was built with embedder "
+                f"{built.get('name')!r} (fingerprint {built.get('fingerprint')}); "
+                f"{self.embedder_name!r} embeds differently (fingerprint "
+                f"{embedder.fingerprint()}): search with the index's embedder or rebuild it"
+            )
+        return embedder

@@ -8,8 +8,10 @@ id, which fails with one clear line when the hub is unreachable.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from vlpipe.models.base import Captioner, Embedder
+if TYPE_CHECKING:  # base imports torch, which text search on CPU does without
+    from vlpipe.models.base import Captioner, Embedder
 
 BUILTIN = "mini"
 
@@ -40,10 +42,23 @@ def load_embedder(name: str, device: str = "auto", precision: str = "auto") -> E
     return load_hf_embedder(name, device=device, precision=precision)
 
 
+def light_text_encoder(name: str, device: str = "cpu"):
+    """A text-queries-only encoder that needs no torch, or None where the model has none:
+    vlpipe-mini on CPU runs its text path in NumPy, so a cold text search skips torch."""
+    if not (_is_mini(name) and device == "cpu"):
+        return None
+    from vlpipe.models.mini import SHIPPED_DIR
+    from vlpipe.models.mini.text_query import MiniTextQueries
+
+    return MiniTextQueries(SHIPPED_DIR if name == BUILTIN else name)
+
+
 def load_models(
     captioner: str, embedder: str, device: str = "auto", precision: str = "auto"
 ) -> tuple[Captioner, Embedder]:
     """Both models; one shared object when both names are the same fused model."""
+    from vlpipe.models.base import Embedder
+
     cap = load_captioner(captioner, device=device, precision=precision)
     if embedder == captioner and isinstance(cap, Embedder):
         return cap, cap

@@ -47,6 +47,7 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise VlpipeError(message)
+        check_beam_args(normalize_runner(self.beam_args))  # a typo fails before any work
 
     def model_config(self) -> dict:
         """What must match for a rerun to add to an existing output directory."""

@@ -107,7 +107,7 @@ def list_inputs(source: str) -> Listing:
         if _has_braces(source) and not _exists(source):
             for path in expand_braces(source):
                 if not _exists(path):
-                    raise VlpipeError(f"input not found: {path} (from {source})")
+                    raise VlpipeError(f"input not found: {path} does not exist (from {source})")
                 _list_source(path, collector)
         else:
             _list_source(source, collector)
@@ -134,7 +134,7 @@ def _list_source(source: str, out: _Collector) -> None:
             raise VlpipeError(f"no images found under {source}")
         return None
     if not fs.isfile(path):
-        raise VlpipeError(f"input not found: {source}")
+        raise VlpipeError(f"input not found: {source} does not exist")
     ext = _ext(path)
     if ext == "tar":
         return _list_tar(fs, path, out, named=True)

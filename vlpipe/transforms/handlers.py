@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler
 
-from vlpipe.models.base import Captioner, CaptionEmbedder, Embedder
+from vlpipe.models.base import CaptionEmbedder, Captioner, Embedder
 from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, decode_image
 
 

@@ -63,7 +63,8 @@ def load_shard(url: str) -> list[InputRecord]:
 
 
 class ProcessShard(beam.DoFn):
-    """(key, [shard file URLs]) -> one summary dict per shard; parts are written as a side effect."""
+    """(key, [shard file URLs]) -> one summary dict per shard; parts are written as a side
+    effect."""
 
     def __init__(self, handler: VlpipeModelHandler, options: ShardOptions):
         self._handler = handler
@@ -106,7 +107,7 @@ def process_shard(
         )
         batch.clear()
 
-    for record, item, seconds in prepare_ahead(records, models, options):
+    for _record, item, seconds in prepare_ahead(records, models, options):
         clock["decode_s"] += seconds
         if isinstance(item, PreparedImage):
             batch.append(item)

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpipe.eval.metrics import tokenize
+from vlpipe.models.mini.decoding import BOS, EOS, PAD, UNK, beam_search
 
-PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
@@ -146,7 +146,6 @@ class CaptionDecoder(nn.Module):
             label_smoothing=smoothing,
         )
 
-    @torch.no_grad()
     def generate(
         self,
         memory: torch.Tensor,
@@ -154,34 +153,5 @@ class CaptionDecoder(nn.Module):
         max_tokens: int = 30,
         length_penalty: float = 0.7,
     ) -> list[list[int]]:
-        """Beam search (greedy when beams == 1) for a batch; word ids without BOS/EOS."""
-        n, k = memory.shape[0], max(1, beams)
-        steps = min(max_tokens, self.max_len - 1)
-        memory = memory.repeat_interleave(k, 0)
-        tokens = torch.full((n * k, 1), BOS, dtype=torch.long, device=memory.device)
-        scores = torch.full((n, k), float("-inf"), device=memory.device)
-        scores[:, 0] = 0.0
-        done = torch.zeros(n * k, dtype=torch.bool, device=memory.device)
-        lengths = torch.zeros(n * k, device=memory.device)
-        for _ in range(steps):
-            logp = self.logits(memory, tokens)[:, -1].float().log_softmax(-1)
-            logp[:, PAD] = logp[:, BOS] = logp[:, UNK] = float("-inf")
-            # finished beams only extend with EOS, at no cost
-            logp[done] = float("-inf")
-            logp[done, EOS] = 0.0
-            vocab = logp.shape[-1]
-            cand = (scores.view(n * k, 1) + logp).view(n, k * vocab)
-            scores, flat = cand.topk(k, dim=-1)
-            origin = (flat // vocab + torch.arange(n, device=flat.device)[:, None] * k).flatten()
-            word = (flat % vocab).flatten()
-            tokens = torch.cat([tokens[origin], word[:, None]], 1)
-            lengths = lengths[origin] + (~done[origin]).float()
-            done = done[origin] | (word == EOS)
-            if done.all():
-                break
-        normed = scores / lengths.view(n, k).clamp(min=1) ** length_penalty
-        best = normed.argmax(-1) + torch.arange(n, device=normed.device) * k
-        out = []
-        for row in tokens[best, 1:].tolist():
-            out.append(row[: row.index(EOS)] if EOS in row else row)
-        return out
+        """Beam search (greedy when beams == 1) for a batch, KV-cached; word ids without BOS/EOS."""
+        return beam_search(self, memory, beams, max_tokens, length_penalty)

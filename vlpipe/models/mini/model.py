@@ -9,33 +9,35 @@ embedding never loads MiniLM.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from vlpipe.errors import VlpipeError
 from vlpipe.models.base import CaptionEmbedder, resolve_device, resolve_dtype
-from vlpipe.models.mini import CONFIG_NAME
+from vlpipe.models.mini import CONFIG_NAME, WEIGHTS_NAME, weights_fingerprint
 from vlpipe.models.mini.efficientnet import FEATURE_DIM, EfficientNetLite0, normalize_pixels
 from vlpipe.models.mini.fusion import CaptionDecoder, JointHeads, Vocab
 
 IMAGE_SIZE = 224
-WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
 
 def preprocess_image(image: Image.Image) -> torch.Tensor:
     """RGB image to uint8 CHW 224x224, resized without keeping the aspect ratio (as the
-    Flickr8k training images were)."""
+    Flickr8k training images were). torch's antialiased bicubic on uint8 is Pillow's filter,
+    SIMD-vectorised: 1.7x faster than `Image.resize` here (bench/decode.py)."""
     if image.mode != "RGB":
         image = image.convert("RGB")
-    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    if image.size == (IMAGE_SIZE, IMAGE_SIZE):
+        return pixels.contiguous()
+    size = (IMAGE_SIZE, IMAGE_SIZE)
+    return F.interpolate(pixels[None], size=size, mode="bicubic", antialias=True)[0].contiguous()
 
 
 def build_parts(config: dict) -> tuple[JointHeads, CaptionDecoder]:
@@ -90,7 +92,7 @@ class MiniModel(CaptionEmbedder):
         self.decoder.load_state_dict(_part(state, "decoder."), strict=True)
         self.heads.to(device, dtype).eval()
         self.decoder.to(device, dtype).eval()
-        self._weights_sha = _sha(os.path.join(path, WEIGHTS_NAME))
+        self._fingerprint = weights_fingerprint(os.path.join(path, WEIGHTS_NAME), self.dim)
         self._tower: EfficientNetLite0 | None = None
         self._text = None
 
@@ -168,8 +170,7 @@ class MiniModel(CaptionEmbedder):
             return self.heads.text(feats).float().cpu().numpy()
 
     def fingerprint(self) -> str:
-        """The embedding space depends on the weights, not on decoding options."""
-        return f"vlpipe-mini-{self.dim}-{self._weights_sha}"
+        return self._fingerprint
 
     def describe(self) -> dict:
         return {
@@ -178,17 +179,9 @@ class MiniModel(CaptionEmbedder):
             "dim": self.dim,
             "num_beams": self.num_beams,
             "tail_stage": self.config.get("tail_stage"),
-            "weights_sha256": self._weights_sha,
+            "weights_sha256": self._fingerprint.rsplit("-", 1)[-1],
         }
 
 
 def _part(state: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _sha(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]

