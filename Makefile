@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 # The torch/torchvision pair that installs from local disk on our machines (a CUDA build that
 # also runs on CPU); PyPI's other torchvision builds fail to import beside it.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
@@ -19,6 +20,11 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# The benchmarks' extra contenders (simplejpeg, OpenCV) and tools (py-spy, psutil).
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q -e '.[test,s3,dask,serve,bench]' $(TORCH_PIN)
+	touch $(BENCH_STAMP)
+
 demo: install
 	$(VENV)/bin/vlpipe run examples/images --output demo-out --overwrite
 	$(VENV)/bin/vlpipe search "a dog running on the grass" --index demo-out -k 5
@@ -30,7 +36,7 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
 
-bench: install
+bench: $(BENCH_STAMP)
 	$(PY) -m bench
 
 lint: install

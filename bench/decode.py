@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from bench.common import Figure, Report
-from bench.corpus import CorpusError, describe, ensure
+from bench.corpus import describe, ensure
 
 SIZE = 224
 NAME = "decode"
@@ -227,15 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="60 images, 3 rounds")
     args = parser.parse_args(argv)
     n, rounds = (60, 3) if args.quick else (args.images, args.rounds)
-    try:
-        result = run(n, rounds)
-    except CorpusError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    from bench.report import update
+    from bench.report import run_and_publish
 
-    update(NAME, result)
-    return 0
+    return run_and_publish(NAME, lambda: run(n, rounds))
 
 
 if __name__ == "__main__":

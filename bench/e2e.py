@@ -26,7 +26,7 @@ import statistics
 import sys
 
 from bench.common import SCRATCH, Figure, Report, run_child
-from bench.corpus import CorpusError, describe, ensure, manifest
+from bench.corpus import describe, ensure, manifest
 
 NAME = "e2e"
 TITLE = "End to end on CPU: vlpipe-mini captions + embeddings"
@@ -196,15 +196,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    try:
-        result = run(args)
-    except CorpusError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    from bench.report import update
+    from bench.report import run_and_publish
 
-    update(result["name"], result)
-    return 0
+    return run_and_publish(NAME, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 import torch
 
 from bench.common import Figure, Report
-from bench.corpus import CorpusError, describe, ensure
+from bench.corpus import describe, ensure
 from vlpipe.models.mini.decoding import FullPrefixStep, beam_search
 
 NAME = "kv_cache"
@@ -127,15 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.images = 32
-    try:
-        result = run(args)
-    except CorpusError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    from bench.report import update
+    from bench.report import run_and_publish
 
-    update(NAME, result)
-    return 0
+    return run_and_publish(NAME, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.common import SCRATCH, Figure, Report
-from bench.corpus import CorpusError, describe, ensure, manifest
+from bench.corpus import describe, ensure, manifest
 
 NAME = "profile"
 TITLE = "Profile: where `vlpipe run` spends CPU time (vlpipe-mini, CPU)"
@@ -192,15 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.images = 64
-    try:
-        result = run(args)
-    except CorpusError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    from bench.report import update
+    from bench.report import run_and_publish
 
-    update(NAME, result)
-    return 0
+    return run_and_publish(NAME, lambda: run(args))
 
 
 if __name__ == "__main__":

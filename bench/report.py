@@ -100,6 +100,19 @@ def _replace(text: str, name: str, body: str, title: str) -> str:
     return text.rstrip() + f"\n\n## {title}\n\n{new}\n"
 
 
+def run_and_publish(name: str, compute) -> int:
+    """A benchmark's main: run it, then write its block; a missing corpus is one error line."""
+    from bench.corpus import CorpusError
+
+    try:
+        result = compute()
+    except CorpusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    update(name, result)
+    return 0
+
+
 def update(name: str, result: dict) -> None:
     """Replace (or append) the block of benchmark `name`, and the summary, in BENCHMARKS.md."""
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from bench.common import Figure, Report
-from bench.corpus import CorpusError, describe, ensure, manifest
+from bench.corpus import describe, ensure, manifest
 from bench.e2e import run_contender
 
 NAME = "scaling"
@@ -90,15 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = "200,1000"
-    try:
-        result = run(args)
-    except CorpusError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    from bench.report import update
+    from bench.report import run_and_publish
 
-    update(NAME, result)
-    return 0
+    return run_and_publish(NAME, lambda: run(args))
 
 
 if __name__ == "__main__":

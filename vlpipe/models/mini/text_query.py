@@ -51,7 +51,7 @@ def _load(path: str, prefix: str = "") -> dict[str, np.ndarray]:
 
     with safe_open(path, "np") as f:
         return {
-            k[len(prefix) :]: f.get_tensor(k).astype(np.float32)
+            k[len(prefix) :]: f.get_tensor(k).astype(np.float32, copy=False)
             for k in f.keys()
             if k.startswith(prefix)
         }
