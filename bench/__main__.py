@@ -26,6 +26,7 @@ BENCHMARKS = {
     "scaling": ("bench.scaling", True),
     "profile": ("bench.profile", True),
     "kv_cache": ("bench.kv_cache", True),
+    "tower": ("bench.tower", False),
     "index": ("bench.bench_index", False),
     "gpu": ("bench.gpu", False),
 }

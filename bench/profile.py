@@ -53,13 +53,15 @@ RUN = ("run_vlpipe", "contenders.py")
 
 def record(csv: str, args, out: Path, full_prefix: bool) -> tuple[Path, dict]:
     """py-spy record of one `python -m bench.contenders vlpipe` run: raw stacks and its result."""
-    if shutil.which("py-spy") is None:
+    # the venv's bin/ is not on PATH when the bench runs as .venv/bin/python -m bench
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None:
         raise SystemExit("error: py-spy is not installed: pip install py-spy")
     raw = out / f"profile{'-full-prefix' if full_prefix else ''}.txt"
     run_out = out / "run"
     shutil.rmtree(run_out, ignore_errors=True)
     cmd = [
-        "py-spy", "record", "--format", "raw", "--rate", str(args.rate), "--output", str(raw),
+        spy, "record", "--format", "raw", "--rate", str(args.rate), "--output", str(raw),
         "--", sys.executable, "-m", "bench.contenders", "vlpipe", "--manifest", csv,
         "--model", args.model, "--out", str(run_out), "--batch-size", str(args.batch_size),
         "--torch-threads", str(args.torch_threads),

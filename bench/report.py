@@ -24,6 +24,7 @@ RENDERERS = {
     "index": "bench.bench_index",  # the index helper's benchmark
     "profile": "bench.profile",
     "kv_cache": "bench.kv_cache",
+    "tower": "bench.tower",
     "gpu": "bench.gpu",
 }
 

@@ -249,6 +249,17 @@ def test_kv_cached_decoding_gives_the_same_captions_as_full_prefix(random_mini, 
         )
 
 
+def test_tower_bench_compares_the_same_grid_before_and_after(results_dir):
+    from bench import tower
+
+    assert tower.main(["--batch-size", "2", "--batches", "1"]) == 0
+    saved = json.loads((results_dir / "results" / "tower.json").read_text())
+    assert [f["baseline_name"] for f in saved["figures"]] == ["BN modules + F.pad (before)"] * 2
+    assert all(f["vlpipe"] > 0 and f["baseline"] > 0 for f in saved["figures"])
+    assert all(r["max_abs_diff"] < 1e-3 for r in saved["details"]["runs"].values())
+    assert "<!-- bench:tower -->" in (results_dir / "BENCHMARKS.md").read_text()
+
+
 # -- GPU benchmark without a GPU ----------------------------------------------------------------
 
 

@@ -63,6 +63,22 @@ def test_staged_forward_composes(tower):
             torch.testing.assert_close(tower.forward_from(h, stage), full, rtol=1e-4, atol=1e-4)
 
 
+def test_folded_batchnorm_gives_the_same_grid(tower):
+    """The inference tower (BN folded into the convs) computes what the trainable one does."""
+    import copy
+
+    from vlpipe.models.mini.efficientnet import fuse_batchnorm
+
+    fused = fuse_batchnorm(copy.deepcopy(tower))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = normalize_pixels(torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8))
+    with torch.inference_mode():
+        expected = tower.grid(x)
+        torch.testing.assert_close(fused.grid(x), expected, rtol=1e-4, atol=1e-4)
+        odd = torch.zeros(1, 3, 225, 231)
+        torch.testing.assert_close(fused.grid(odd), tower.grid(odd), rtol=1e-4, atol=1e-4)
+
+
 def test_tail_holds_only_the_trainable_modules(tower):
     names = set(tower.tail(6).state_dict())
     assert any(n.startswith("15.") for n in names) and "_conv_head.weight" in names

@@ -41,6 +41,15 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_beam_import_noise)
+
+
+def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
+    """Beam warns on the root logger, at import, that Google Cloud clients are missing; a local
+    run does not need them, and the line reads like an error to a user."""
+    return not record.getMessage().startswith("apitools not found")
 
 
 def _register() -> None:

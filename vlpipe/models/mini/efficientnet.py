@@ -50,14 +50,36 @@ class SameConv(nn.Conv2d):
     """Conv2d with TensorFlow "same" padding (asymmetric when the stride is 2)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = x.shape[-2:]
         kh, kw = self.kernel_size
         sh, sw = self.stride
+        if sh == sw == 1 and kh % 2 and kw % 2:  # symmetric: the conv pads, no copy of x
+            pad = (kh // 2, kw // 2)
+            return F.conv2d(x, self.weight, self.bias, 1, pad, self.dilation, self.groups)
+        ih, iw = x.shape[-2:]
         ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
         pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
         if ph or pw:
             x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def fuse_batchnorm(model: EfficientNetLite0) -> EfficientNetLite0:
+    """Fold every eval-mode BatchNorm into the conv before it (inference only): the same outputs
+    up to float rounding, without a separate normalisation pass over every feature map."""
+    pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
+    for block in model._blocks:
+        if block.has_expand:
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    with torch.no_grad():
+        for owner, conv_name, bn_name in pairs:
+            conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            bias = bn.bias - bn.running_mean * scale
+            conv.bias = nn.Parameter(bias if conv.bias is None else bias + conv.bias * scale)
+            setattr(owner, bn_name, nn.Identity())
+    return model
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:

@@ -20,7 +20,12 @@ from PIL import Image
 from vlpipe.errors import VlpipeError
 from vlpipe.models.base import CaptionEmbedder, resolve_device, resolve_dtype
 from vlpipe.models.mini import CONFIG_NAME, WEIGHTS_NAME, weights_fingerprint
-from vlpipe.models.mini.efficientnet import FEATURE_DIM, EfficientNetLite0, normalize_pixels
+from vlpipe.models.mini.efficientnet import (
+    FEATURE_DIM,
+    EfficientNetLite0,
+    fuse_batchnorm,
+    normalize_pixels,
+)
 from vlpipe.models.mini.fusion import CaptionDecoder, JointHeads, Vocab
 
 IMAGE_SIZE = 224
@@ -122,6 +127,7 @@ class MiniModel(CaptionEmbedder):
                 raise VlpipeError(f"{self.path}: unknown image tower weights, e.g. {missing[0]}")
             merged.update(self._tower_state)
             tower.load_state_dict(merged, strict=True)
+            tower = fuse_batchnorm(tower.eval())
             self._tower = tower.to(self.device, self.dtype).eval()
             self._tower = self._tower.to(memory_format=torch.channels_last)
         return self._tower
