@@ -143,7 +143,7 @@ def child_cold_phases(run: str, query: str) -> dict:
     t1 = time.perf_counter()
     searcher = Searcher.open(run, device="cpu")
     t2 = time.perf_counter()
-    searcher._load_embedder()
+    searcher._load_text_queries()  # what a text search loads (no torch for vlpipe-mini on CPU)
     t3 = time.perf_counter()
     searcher.search_text([query], 10)
     t4 = time.perf_counter()

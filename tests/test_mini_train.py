@@ -93,6 +93,28 @@ def test_trained_directory_loads_and_runs(trained, flickr):
     assert embedder.fingerprint() != registry.load_embedder("mini").fingerprint()
 
 
+def test_adapting_more_of_the_tower_with_crops(flickr, tmp_path):
+    """--tail-stage 5 caches 14x14 stage-4 maps and fine-tunes stage 5 as well (on crops)."""
+    from safetensors import safe_open
+
+    data = _small_corpus(flickr, tmp_path / "data", 12, 3)
+    out = tmp_path / "model"
+    argv = ["train", "--data", str(data), "--output", str(out), "--epochs", "1",
+            "--tail-stage", "5", "--crop", "1", "--beams", "1", "--json"]  # fmt: skip
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / CONFIG_NAME).read_text())["tail_stage"] == 5
+    with safe_open(str(out / "model.safetensors"), "np") as f:
+        tower_keys = {k for k in f.keys() if k.startswith("tower._blocks.")}
+    assert {int(k.split(".")[2]) for k in tower_keys} == {11, 12, 13, 14, 15}
+    captioner = registry.load_captioner(str(out))
+    import torch
+
+    pixels = torch.stack([captioner.preprocess(Image.open(p)) for p in data.glob("images/*")][:2])
+    captions, emb = captioner.caption_and_embed(pixels, max_tokens=5)
+    assert len(captions) == 2 and emb.shape == (2, captioner.dim)
+
+
 def test_missing_data_dir_is_one_line(tmp_path):
     result = CliRunner().invoke(
         main, ["train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "m")]

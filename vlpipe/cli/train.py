@@ -48,6 +48,21 @@ import click
     "or keep the tower frozen.",
 )
 @click.option(
+    "--tail-stage",
+    type=click.IntRange(0, 7),
+    default=6,
+    show_default=True,
+    help="First image-tower stage to fine-tune (0-6; 7: only the head conv). Stages before it "
+    "are cached once; a lower stage adapts more of the tower and caches larger maps.",
+)
+@click.option(
+    "--crop",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of embedding batches trained on random crops of the cached feature maps.",
+)
+@click.option(
     "--dim", type=click.IntRange(8), default=256, show_default=True, help="Joint embedding size."
 )
 @click.option(
@@ -73,6 +88,8 @@ def command(
     caption_epochs,
     seed,
     unfreeze_last_stage,
+    tail_stage,
+    crop,
     dim,
     beams,
     max_train_images,
@@ -92,6 +109,8 @@ def command(
     opts = TrainOptions(
         seed=seed,
         unfreeze=unfreeze_last_stage,
+        tail_stage=tail_stage,
+        crop=crop,
         dim=dim,
         beams=beam_list,
         max_train_images=max_train_images,

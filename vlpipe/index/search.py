@@ -75,7 +75,7 @@ class Searcher:
             store, meta, faiss_index, idmap, embedder or meta["embedder"]["name"], device
         )
         if embedder is not None:  # check a named embedder now, before any query
-            searcher._load_embedder()
+            searcher._load_text_queries()
         return searcher
 
     @property

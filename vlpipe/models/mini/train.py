@@ -156,12 +156,13 @@ def _tail_params(tower: EfficientNetLite0, stage: int) -> list[torch.nn.Paramete
 
 
 def augment(x: torch.Tensor, crop: float) -> torch.Tensor:
-    """Views of cached (N, C, 7, 7) feature maps: a horizontal flip for half of them and, for a
-    `crop` share of batches, random 5x5 or 6x6 crops (like image crops, at feature level)."""
+    """Views of cached (N, C, H, H) feature maps: a horizontal flip for half of them and, for a
+    `crop` share of batches, random crops of 5/7 or 6/7 of the side (image crops, at feature
+    level)."""
     flip = torch.rand(len(x)) < 0.5
     x[flip] = x[flip].flip(-1)
     if random.random() < crop:
-        side = random.choice((5, 6))
+        side = round(x.shape[-1] * random.choice((5, 6)) / 7)  # 5x5 or 6x6 of a 7x7 map
         offs = torch.randint(0, x.shape[-1] - side + 1, (len(x), 2)).tolist()
         x = torch.stack(
             [v[:, i : i + side, j : j + side] for v, (i, j) in zip(x, offs, strict=True)]
