@@ -94,13 +94,15 @@ def test_dask_runner_matches_direct_runner(tiny, cluster, tmp_path):  # noqa: F8
             assert got[i][column] == row[column], (column, row["uri"])
         assert np.allclose(got[i]["embedding"], row["embedding"], atol=2e-3), row["uri"]
 
-    # 7 shards, one partition each: both workers took shards, each loaded the models once.
+    # 7 shards, one partition each, on the cluster's 2 worker processes: a worker that took
+    # shards loaded the models once, however many shards (bundles) it ran. How the scheduler
+    # spreads 7 short tasks over 2 workers is its choice (usually both take some; not always).
     shards = {address: c.get("process_shard", 0) for address, c in calls.items()}
     loads = {address: c.get("load_models", 0) for address, c in calls.items()}
-    assert sum(shards.values()) == 7, calls
-    assert all(n >= 1 for n in shards.values()), f"shards did not spread: {calls}"
-    assert all(n == 1 for n in loads.values()), f"models loaded more than once: {calls}"
-    assert len(calls) == 2
+    assert len(calls) == 2 and sum(shards.values()) == 7, calls
+    assert all(loads[a] == 1 for a, n in shards.items() if n), f"model loads: {calls}"
+    assert all(n <= 1 for n in loads.values()), f"models loaded more than once: {calls}"
+    assert max(shards.values()) >= 4, calls  # some worker ran several shards on one load
 
 
 def test_dask_partition_default_is_one_per_shard_unless_given():

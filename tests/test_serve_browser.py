@@ -101,6 +101,8 @@ def test_query_shows_thumbnails_and_click_searches_by_image(page):
     first = cards.nth(0)
     assert first.locator(".caption").inner_text().strip()
     assert first.locator(".score").inner_text().startswith("score ")
+    assert first.locator(".rank").inner_text() == "#1"
+    assert cards.nth(1).locator(".rank").inner_text() == "#2"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve.png"))
 

@@ -19,7 +19,13 @@ from PIL import Image
 
 from vlpipe.errors import VlpipeError
 from vlpipe.models.base import CaptionEmbedder, resolve_device, resolve_dtype
-from vlpipe.models.mini import CONFIG_NAME, WEIGHTS_NAME, weights_fingerprint
+from vlpipe.models.mini import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_weights,
+    quantize,
+    weights_fingerprint,
+)
 from vlpipe.models.mini.efficientnet import (
     FEATURE_DIM,
     EfficientNetLite0,
@@ -29,7 +35,8 @@ from vlpipe.models.mini.efficientnet import (
 from vlpipe.models.mini.fusion import CaptionDecoder, JointHeads, Vocab
 
 IMAGE_SIZE = 224
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: int8 weight matrices with per-row scales; 1: all fp16
+READABLE_FORMATS = (1, 2)
 
 
 def preprocess_image(image: Image.Image) -> torch.Tensor:
@@ -65,18 +72,19 @@ def build_parts(config: dict) -> tuple[JointHeads, CaptionDecoder]:
 def save_model(
     path: str, config: dict, tower_tail: dict, heads: JointHeads, decoder: CaptionDecoder
 ) -> None:
-    """Write a model directory (fp16 weights); `tower_tail` is the fine-tuned tower state."""
-    from safetensors.torch import save_file
+    """Write a model directory (int8 weight matrices with per-row scales, the rest fp16);
+    `tower_tail` is the fine-tuned tower state."""
+    from safetensors.numpy import save_file
 
     state = {
         f"tower.{k}": v for k, v in tower_tail.items() if not k.endswith("num_batches_tracked")
     }
     state.update({f"heads.{k}": v for k, v in heads.state_dict().items()})
     state.update({f"decoder.{k}": v for k, v in decoder.state_dict().items()})
-    state = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in state.items()}
+    state = quantize({k: v.detach().float().cpu().numpy() for k, v in state.items()})
     os.makedirs(path, exist_ok=True)
     tmp = os.path.join(path, WEIGHTS_NAME + ".tmp")
-    save_file(state, tmp)
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp)
     os.replace(tmp, os.path.join(path, WEIGHTS_NAME))
     with open(os.path.join(path, CONFIG_NAME), "w") as f:
         json.dump({"format_version": FORMAT_VERSION, **config}, f, indent=1)
@@ -103,18 +111,16 @@ class MiniModel(CaptionEmbedder):
 
     @classmethod
     def load(cls, path: str, device: str = "auto", precision: str = "auto") -> MiniModel:
-        from safetensors.torch import load_file
-
         cfg_path, weights = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
         if not (os.path.isfile(cfg_path) and os.path.isfile(weights)):
             raise VlpipeError(f"{path}: not a vlpipe-mini model ({CONFIG_NAME} + {WEIGHTS_NAME})")
         with open(cfg_path) as f:
             config = json.load(f)
-        if config.get("format_version") != FORMAT_VERSION:
+        if config.get("format_version") not in READABLE_FORMATS:
             raise VlpipeError(f"{cfg_path}: unsupported format {config.get('format_version')}")
         dev = resolve_device(device)
         dtype = resolve_dtype(dev, precision)
-        state = {k: v.float() for k, v in load_file(weights).items()}
+        state = {k: torch.from_numpy(v) for k, v in load_weights(weights).items()}
         return cls(path, config, state, dev, dtype)
 
     # -- towers, loaded on first use
@@ -181,7 +187,7 @@ class MiniModel(CaptionEmbedder):
     def describe(self) -> dict:
         return {
             "name": self.name,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.config.get("format_version"),
             "dim": self.dim,
             "num_beams": self.num_beams,
             "tail_stage": self.config.get("tail_stage"),

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from vlpipe.errors import VlpipeError
+from vlpipe.models.mini import load_weights
 
 MAX_TOKENS = 128  # as MiniLM.encode truncates
 
@@ -46,17 +47,6 @@ def _linear(x: np.ndarray, w: dict, name: str) -> np.ndarray:
     return out if bias is None else out + bias
 
 
-def _load(path: str, prefix: str = "") -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
-    with safe_open(path, "np") as f:
-        return {
-            k[len(prefix) :]: f.get_tensor(k).astype(np.float32, copy=False)
-            for k in f.keys()
-            if k.startswith(prefix)
-        }
-
-
 class MiniLMNumpy:
     """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2 norm), one sentence at a time."""
 
@@ -73,7 +63,7 @@ class MiniLMNumpy:
         self.heads = int(config["num_attention_heads"])
         self.layers = int(config["num_hidden_layers"])
         self.eps = float(config["layer_norm_eps"])
-        self.w = _load(os.path.join(path, "model.safetensors"))
+        self.w = load_weights(os.path.join(path, "model.safetensors"))
         self.tokenizer = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(MAX_TOKENS)
@@ -131,7 +121,7 @@ class MiniTextQueries:
         from vlpipe.models.mini import WEIGHTS_NAME, minilm_dir, weights_fingerprint
 
         weights = os.path.join(model_dir, WEIGHTS_NAME)
-        self.head = _load(weights, "heads.text.")
+        self.head = load_weights(weights, "heads.text.")
         self.dim = int(self.head["mlp.5.weight"].shape[0])
         self._fingerprint = weights_fingerprint(weights, self.dim)
         self.text = MiniLMNumpy(minilm_dir())
