@@ -76,6 +76,10 @@ def test_trained_directory_loads_and_runs(trained, flickr):
     out, metrics = trained
     config = json.loads((out / CONFIG_NAME).read_text())
     assert config["num_beams"] == metrics["num_beams"] and "<eos>" in config["vocab"]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "np") as f:  # shapes kept as trained
+        assert f.get_slice("heads.logit_scale").get_shape() == []
     captioner = registry.load_captioner(str(out))
     embedder = registry.load_embedder(str(out))
     names = flickr_split(flickr, "dev", 3)

@@ -56,13 +56,11 @@ def quantize(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             out[key] = value.astype(np.float16)
             continue
         rows = value.reshape(value.shape[0], -1)
-        scale = (np.abs(rows).max(1) / 127.0).astype(np.float16)  # the scale as stored
+        scale = (np.abs(rows).max(1) / 127.0).astype(np.float16)  # as stored, so as loaded
         scale[scale == 0] = 1.0  # an all-zero row (the padding embedding) stays zero
-        scale = scale.astype(np.float32)
-        out[key] = (
-            np.clip(np.rint(rows / scale[:, None]), -127, 127).astype(np.int8).reshape(value.shape)
-        )
-        out[key + SCALE_SUFFIX] = scale.astype(np.float16)
+        steps = np.rint(rows / scale.astype(np.float32)[:, None])
+        out[key] = np.clip(steps, -127, 127).astype(np.int8).reshape(value.shape)
+        out[key + SCALE_SUFFIX] = scale
     return out
 
 

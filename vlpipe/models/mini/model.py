@@ -84,7 +84,8 @@ def save_model(
     state = quantize({k: v.detach().float().cpu().numpy() for k, v in state.items()})
     os.makedirs(path, exist_ok=True)
     tmp = os.path.join(path, WEIGHTS_NAME + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp)
+    # np.require, not np.ascontiguousarray: that one turns 0-d tensors (logit_scale) into 1-d
+    save_file({k: np.require(v, requirements="C") for k, v in state.items()}, tmp)
     os.replace(tmp, os.path.join(path, WEIGHTS_NAME))
     with open(os.path.join(path, CONFIG_NAME), "w") as f:
         json.dump({"format_version": FORMAT_VERSION, **config}, f, indent=1)
@@ -133,7 +134,7 @@ class MiniModel(CaptionEmbedder):
                 raise VlpipeError(f"{self.path}: unknown image tower weights, e.g. {missing[0]}")
             merged.update(self._tower_state)
             tower.load_state_dict(merged, strict=True)
-            tower = fuse_batchnorm(tower.eval())
+            tower = fuse_batchnorm(tower)  # pretrained() is in eval mode: running statistics
             self._tower = tower.to(self.device, self.dtype).eval()
             self._tower = self._tower.to(memory_format=torch.channels_last)
         return self._tower

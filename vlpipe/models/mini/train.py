@@ -162,7 +162,7 @@ def augment(x: torch.Tensor, crop: float) -> torch.Tensor:
     flip = torch.rand(len(x)) < 0.5
     x[flip] = x[flip].flip(-1)
     if random.random() < crop:
-        side = round(x.shape[-1] * random.choice((5, 6)) / 7)  # 5x5 or 6x6 of a 7x7 map
+        side = round(x.shape[-1] * random.choice((5, 6)) / 7)  # 7x7 -> 5 or 6, 14x14 -> 10 or 12
         offs = torch.randint(0, x.shape[-1] - side + 1, (len(x), 2)).tolist()
         x = torch.stack(
             [v[:, i : i + side, j : j + side] for v, (i, j) in zip(x, offs, strict=True)]
