@@ -56,14 +56,18 @@ def part_files(output: Path) -> list[Path]:
 def kill_when_parts(
     argv: list[str], output: Path, log: Path, target: int, jitter: float
 ) -> subprocess.Popen:
-    """Start vlpipe, SIGKILL its whole process group once `target` parts exist (plus jitter)."""
+    """Start vlpipe, SIGKILL its whole process group once `target` parts exist, plus up to
+    `jitter` seconds, so the kill lands mid-shard. The jitter ends early at `target + 2` parts:
+    with tiny models a whole run can finish inside the jitter, and then nothing is interrupted."""
     proc = start_vlpipe(argv, log)
     deadline = time.monotonic() + 300
     try:
         while proc.poll() is None and len(part_files(output)) < target:
             assert time.monotonic() < deadline, "no progress: " + log.read_text()[-2000:]
             time.sleep(0.01)
-        time.sleep(jitter)
+        jitter_ends = time.monotonic() + jitter
+        while time.monotonic() < jitter_ends and len(part_files(output)) < target + 2:
+            time.sleep(0.005)
     finally:
         kill_group(proc)
     return proc
