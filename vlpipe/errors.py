@@ -7,3 +7,11 @@ class VlpipeError(Exception):
 
 class ModelLoadError(VlpipeError):
     """A model name or directory that cannot be loaded."""
+
+
+class ReasonError(Exception):
+    """An error with a short stable `reason` code (for counting) and a one-line message."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(" ".join(message.split()))
+        self.reason = reason

@@ -4,13 +4,17 @@
 out/
   manifest.json        models and their config, schema version, counts, times, vlpipe version
   _SUCCESS             written last, when every input is accounted for
-  parts/part-*.parquet one per shard, rows per vlpipe.schema.result_schema
-  failed/part-*.parquet one per shard with failures, rows per vlpipe.schema.FAILED_SCHEMA
+  parts/part-*.parquet rows per vlpipe.schema.result_schema, one part per shard-size inputs
+  failed/part-*.parquet rows per vlpipe.schema.FAILED_SCHEMA
+  _done/<key>.json     one marker per finished shard spec: its counts and the parts it wrote
+  _progress/<key>.json how far a worker is into a spec it has not finished (progress only)
+  _plan/<key>.jsonl    the uris of a listing page a worker is to process
   index/               FAISS index, id map and meta.json (vlpipe.index)
 ```
 
-Readers here tolerate a corrupt part: they skip it and report it, so one bad file never takes
-down an index build or a resume.
+Markers are written after their parts, so a spec with a marker is done, and a part no marker
+names is the leftover of an interrupted spec. Readers here tolerate a corrupt part: they skip it
+and report it, so one bad file never takes down an index build or a resume.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ SUCCESS = "_SUCCESS"
 PARTS = "parts"
 FAILED = "failed"
 INDEX = "index"
+DONE = "_done"
+PROGRESS = "_progress"
+PLAN = "_plan"
 TMP_PREFIX = ".tmp-"
 
 
@@ -112,6 +119,89 @@ class RunDir:
             except Exception as exc:  # noqa: BLE001
                 log.warning("skipping corrupt part %s: %s", path, exc)
                 self.corrupt.append(path)
+
+    # ---- done markers, progress and plan pages ------------------------------------------------
+
+    def markers(self) -> dict[str, dict]:
+        """Every done marker by spec key; one listing and one batched read (O(shards))."""
+        return self.read_markers(self.marker_keys())
+
+    def marker_keys(self) -> list[str]:
+        return [n[: -len(".json")] for n in self._names(DONE) if n.endswith(".json")]
+
+    def read_markers(self, keys: list[str]) -> dict[str, dict]:
+        if not keys:
+            return {}
+        paths = [self.join(DONE, f"{k}.json") for k in keys]
+        blobs = self.fs.cat(paths, on_error="omit") if len(paths) > 1 else self._cat_one(paths[0])
+        out = {}
+        for blob in blobs.values():
+            try:
+                marker = json.loads(blob)
+            except ValueError:
+                continue  # markers are written atomically; this is not one of ours
+            out[marker["key"]] = marker
+        return out
+
+    def _cat_one(self, path: str) -> dict[str, bytes]:
+        try:
+            return {path: self.fs.cat_file(path)}
+        except FileNotFoundError:
+            return {}
+
+    def write_marker(self, marker: dict) -> None:
+        write_atomic(self.fs, self.join(DONE, f"{marker['key']}.json"), json.dumps(marker).encode())
+
+    def write_progress(self, key: str, seen: int) -> None:
+        write_atomic(self.fs, self.join(PROGRESS, f"{key}.json"), json.dumps(seen).encode())
+
+    def progress(self) -> dict[str, int]:
+        """Inputs seen so far by each spec a worker is in the middle of."""
+        names = [n for n in self._names(PROGRESS) if n.endswith(".json")]
+        if not names:
+            return {}
+        blobs = self.fs.cat([self.join(PROGRESS, n) for n in names], on_error="omit")
+        out = {}
+        for path, blob in blobs.items():
+            try:
+                out[posixpath.basename(path)[: -len(".json")]] = int(json.loads(blob))
+            except (ValueError, TypeError):
+                continue
+        return out
+
+    def remove(self, *names: str) -> None:
+        path = self.join(*names)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def sizes(self, sub: str) -> dict[str, int]:
+        """Part file names and sizes in parts/ or failed/, from one listing."""
+        folder = self.join(sub)
+        self.fs.invalidate_cache(folder)
+        if not self.fs.exists(folder):
+            return {}
+        out = {}
+        for info in self.fs.ls(folder, detail=True):
+            name = posixpath.basename(info["name"].rstrip("/"))
+            if info.get("type") == "file" and not name.startswith(TMP_PREFIX):
+                out[name] = int(info.get("size") or 0)
+        return out
+
+    def _names(self, sub: str) -> list[str]:
+        folder = self.join(sub)
+        self.fs.invalidate_cache(folder)
+        if not self.fs.exists(folder):
+            return []
+        return [posixpath.basename(n.rstrip("/")) for n in self.fs.ls(folder, detail=False)]
+
+    def part_ids(self, names: list[str], failed: bool = False) -> set[str]:
+        """The image ids held by the named parts (a spec's own few, never the whole run)."""
+        ids: set[str] = set()
+        for name in names:
+            pf = self.open_part(self.join(FAILED if failed else PARTS, name))
+            if pf is not None:
+                ids.update(pf.read(columns=["image_id"]).column(0).to_pylist())
+        return ids
 
     def image_ids(self, failed: bool = False) -> set[str]:
         """Ids of every part read in full: a part that breaks halfway counts as corrupt, none of

@@ -22,11 +22,22 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto")
 @click.option("--decode-threads", type=int, default=4, show_default=True)
-@click.option("--shard-size", type=int, default=None, help="Images per part (default: auto).")
+@click.option(
+    "--shard-size",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Inputs per part, and about per listing page or manifest row range.",
+)
 @click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
 @click.option("--embedding-dtype", type=click.Choice(["float16", "float32"]), default="float16")
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in --output.")
 @click.option("--retry-failed", is_flag=True, help="Process again the inputs that failed before.")
+@click.option(
+    "--shared-output",
+    is_flag=True,
+    help="A local --output that every worker of a remote runner mounts (else refused).",
+)
 @click.option("--no-index", is_flag=True, help="Do not build the FAISS index at the end.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -52,6 +63,7 @@ def command(ctx: click.Context, source: str, output: str, **kw) -> None:
         float16=kw["embedding_dtype"] == "float16",
         overwrite=kw["overwrite"],
         retry_failed=kw["retry_failed"],
+        shared_output=kw["shared_output"],
         build_index=not kw["no_index"],
         progress=not kw["no_progress"],
         beam_args=list(ctx.args),

@@ -25,12 +25,13 @@ class RunConfig:
     device: str = "auto"
     precision: str = "auto"
     decode_threads: int = 4
-    shard_size: int | None = None
+    shard_size: int = 1000
     workers: int = 1
     float16: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
     retry_failed: bool = False
+    shared_output: bool = False  # the user says a local --output is a mount every worker sees
     build_index: bool = True
     progress: bool = True
     beam_args: list[str] = field(default_factory=list)
@@ -41,13 +42,20 @@ class RunConfig:
             (1 <= self.min_batch_size <= self.batch_size, "--min-batch-size must be 1..batch size"),
             (self.max_caption_tokens >= 1, "--max-caption-tokens must be at least 1"),
             (self.decode_threads >= 1, "--decode-threads must be at least 1"),
-            (self.shard_size is None or self.shard_size >= 1, "--shard-size must be at least 1"),
+            (self.shard_size >= 1, "--shard-size must be at least 1"),
             (self.workers >= 1, "--workers must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise VlpipeError(message)
         check_beam_args(normalize_runner(self.beam_args))  # a typo fails before any work
+        runner = remote_runner(self.beam_args)
+        if runner and is_local_path(self.output) and not self.shared_output:
+            raise VlpipeError(
+                f"--output {self.output} is a local path, but the {runner} runs its workers on"
+                " other machines, which cannot write there: use a shared URL (s3://, gs://) or"
+                " pass --shared-output if every worker mounts this path"
+            )
 
     def model_config(self) -> dict:
         """What must match for a rerun to add to an existing output directory."""
@@ -59,9 +67,23 @@ class RunConfig:
         }
 
 
-def auto_shard_size(n_inputs: int, workers: int) -> int:
-    """Enough shards to keep every worker busy and the progress bar moving, at most 1000 each."""
-    return max(8, min(1000, -(-n_inputs // (8 * workers))))
+#: runners whose workers run in the launching process or on its machine
+LOCAL_RUNNERS = frozenset(
+    {"directrunner", "fnapirunner", "bundlebaseddirectrunner", "switchingdirectrunner"}
+)
+
+
+def remote_runner(args: list[str]) -> str | None:
+    """The name of a runner that runs workers elsewhere, or None for an in-process one."""
+    name = PipelineOptions(normalize_runner(args)).get_all_options().get("runner")
+    if not name:
+        return None
+    short = str(name).rsplit(".", 1)[-1]
+    return None if short.lower() in LOCAL_RUNNERS else short
+
+
+def is_local_path(output: str) -> bool:
+    return "://" not in output or output.startswith(("file://", "local://"))
 
 
 def normalize_runner(args: list[str]) -> list[str]:

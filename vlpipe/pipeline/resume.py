@@ -1,20 +1,28 @@
-"""What an output directory already holds: refuse a foreign run, skip done inputs, retry failures.
+"""What an output directory already holds: refuse a foreign run, skip done specs, retry failures.
 
-Resume is by image_id: an input is done when a completed part or a failure part holds its id.
-Parts are atomic, so a run killed at any moment leaves only whole parts, and a rerun processes
-exactly the inputs that have no row yet.
+Resume is by shard spec: a spec is done when its done marker exists with the spec's digest (so a
+tar, a manifest row range or a listing page is skipped without reading one image_id). A spec that
+changed since (a page that gained a file, a tar rewritten) is redone, skipping the inputs that
+the parts of overlapping markers already hold, so every input still has exactly one row. The
+driver reads markers and one listing of parts/ and failed/: O(shards), never O(images).
 """
 
 from __future__ import annotations
 
+import bisect
 import posixpath
 import time
+from dataclasses import dataclass, field
 
 from vlpipe.errors import VlpipeError
-from vlpipe.rundir import FAILED, INDEX, MANIFEST, PARTS, SUCCESS, TMP_PREFIX, RunDir
+from vlpipe.reading.specs import ShardSpec
+from vlpipe.rundir import DONE, FAILED, INDEX, MANIFEST, PARTS, PLAN, PROGRESS, SUCCESS, RunDir
+from vlpipe.transforms.shard import ShardWork
+from vlpipe.transforms.write import is_part_name
 
-WORK = "_work"
 CORRUPT = "corrupt"
+#: the output layout this code writes (1: resume by image_id, no done markers)
+LAYOUT_VERSION = 2
 
 
 def check_output(run: RunDir, model_config: dict, overwrite: bool) -> None:
@@ -34,6 +42,11 @@ def check_output(run: RunDir, model_config: dict, overwrite: bool) -> None:
         raise VlpipeError(
             f"{run.path} holds parts but no manifest.json; pass --overwrite to replace them"
         )
+    elif manifest is not None and has_rows and manifest.get("layout_version") != LAYOUT_VERSION:
+        raise VlpipeError(
+            f"{run.path} was written by an older vlpipe (no done markers); "
+            "pass --overwrite to replace it or choose another --output"
+        )
     check_writable(run)
 
 
@@ -50,52 +63,138 @@ def check_writable(run: RunDir) -> None:
 
 def clear(run: RunDir) -> None:
     """--overwrite: remove a previous run's outputs (and only vlpipe's own files)."""
-    for name in (PARTS, FAILED, INDEX, WORK):
-        if run.fs.exists(run.join(name)):
-            run.fs.rm(run.join(name), recursive=True)
+    for name in (PARTS, FAILED, INDEX, DONE, PROGRESS, PLAN, "_work"):
+        run.remove(name)
     for name in (MANIFEST, SUCCESS):
-        if run.fs.exists(run.join(name)):
-            run.fs.rm(run.join(name))
+        run.remove(name)
 
 
-def done_ids(run: RunDir) -> set[str]:
-    return run.image_ids() | run.image_ids(failed=True)
+@dataclass
+class Resume:
+    """The done markers of an output directory, checked against its parts, ready to answer
+    "what is left of this spec?" for every spec of a new plan."""
+
+    markers: dict[str, dict]
+    corrupt: list[str] = field(default_factory=list)
+    _ranges: dict[str, tuple[list, list, list]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, run: RunDir, retry_failed: bool = False) -> Resume:
+        """Markers whose parts are all there; leftovers of interrupted specs are removed."""
+        remove_temp_files(run)
+        run.remove(PROGRESS)
+        markers = run.markers()
+        sizes = {PARTS: run.sizes(PARTS), FAILED: run.sizes(FAILED)}
+        resume = cls(markers)
+        for marker in markers.values():
+            resume._check_parts(run, marker, sizes)
+        resume._remove_unreferenced(run, sizes)
+        if retry_failed:
+            resume._reopen_failures(run)
+        resume._index()
+        return resume
+
+    def work(self, spec: ShardSpec) -> ShardWork | None:
+        """None when the spec is done; else the spec with the parts that hold some of it."""
+        marker = self.markers.get(spec.key)
+        if marker and marker["done"] and marker["digest"] == spec.digest:
+            return None
+        parts: dict[str, None] = {}
+        failed: dict[str, None] = {}
+        for other in self._overlapping(spec):
+            parts.update(dict.fromkeys(other["parts"]))
+            failed.update(dict.fromkeys(other["failed_parts"]))
+        return ShardWork(spec.without_uris(), tuple(parts), tuple(failed))
+
+    def is_done(self, spec: ShardSpec) -> bool:
+        return self.work(spec) is None
+
+    # ---- checks ---------------------------------------------------------------------------
+
+    def _check_parts(self, run: RunDir, marker: dict, sizes: dict[str, dict]) -> None:
+        """A marker whose part is gone or torn (size differs) is no longer done: its spec is
+        redone, skipping what its intact parts hold, and the torn part is set aside."""
+        for sub, names in ((PARTS, marker["parts"]), (FAILED, marker["failed_parts"])):
+            for name, size in list(names.items()):
+                actual = sizes[sub].get(name)
+                if actual is not None and (size is None or size == actual):
+                    continue
+                marker["done"] = False
+                del names[name]
+                if actual is not None:
+                    self.corrupt.append(_set_aside(run, sub, name))
+                    del sizes[sub][name]
+
+    def _remove_unreferenced(self, run: RunDir, sizes: dict[str, dict]) -> None:
+        """Parts no marker names come from specs a kill interrupted: they go. Files that are not
+        vlpipe parts at all are set aside for a person to look at."""
+        for sub, key in ((PARTS, "parts"), (FAILED, "failed_parts")):
+            referenced = {n for m in self.markers.values() for n in m[key]}
+            for name in sizes[sub]:
+                if name in referenced:
+                    continue
+                if is_part_name(name):
+                    run.fs.rm(run.join(sub, name))
+                else:
+                    self.corrupt.append(_set_aside(run, sub, name))
+
+    def _reopen_failures(self, run: RunDir) -> None:
+        """--retry-failed: specs with failures are not done; their failure parts move aside.
+        The marker is rewritten first, so a kill in between leaves a spec to redo, not a loss."""
+        folder = posixpath.join(FAILED, f"retried-{time.strftime('%Y%m%dT%H%M%S')}")
+        for marker in self.markers.values():
+            if not marker["failed_parts"]:
+                continue
+            names = list(marker["failed_parts"])
+            marker.update(done=False, failed_parts={})
+            run.write_marker(marker)
+            run.fs.makedirs(run.join(folder), exist_ok=True)
+            for name in names:
+                run.fs.mv(run.join(FAILED, name), run.join(folder, name))
+
+    # ---- overlaps -------------------------------------------------------------------------
+
+    def _index(self) -> None:
+        by_kind: dict[str, list] = {}
+        for marker in self.markers.values():
+            by_kind.setdefault(marker["kind"], []).append(marker)
+        for kind, markers in by_kind.items():
+            markers.sort(key=lambda m: m["first"])
+            reach, top = [], ""
+            for m in markers:
+                top = max(top, m["last"])
+                reach.append(top)
+            self._ranges[kind] = ([m["first"] for m in markers], reach, markers)
+
+    def _overlapping(self, spec: ShardSpec) -> list[dict]:
+        """Markers of the same kind whose range meets the spec's (the spec's own included)."""
+        if spec.kind not in self._ranges:
+            return []
+        firsts, reach, markers = self._ranges[spec.kind]
+        out = []
+        i = bisect.bisect_right(firsts, spec.last) - 1
+        while i >= 0 and reach[i] >= spec.first:
+            if markers[i]["last"] >= spec.first:
+                out.append(markers[i])
+            i -= 1
+        return out
 
 
-def set_aside_corrupt(run: RunDir) -> list[str]:
-    """Move the parts `done_ids` could not read to `<parts|failed>/corrupt/`, kept for inspection.
-
-    Their inputs have no readable row, so this run processes them again; moved aside, a part that
-    was only unreadable for a moment can never come back as a second row for the same inputs.
-    """
-    moved = []
-    for path in dict.fromkeys(run.corrupt):
-        folder = posixpath.join(posixpath.dirname(path), CORRUPT)
-        run.fs.makedirs(folder, exist_ok=True)
-        target = posixpath.join(folder, posixpath.basename(path))
-        run.fs.mv(path, target)
-        moved.append(run.fs.unstrip_protocol(target))
-    run.corrupt.clear()
-    return moved
+def _set_aside(run: RunDir, sub: str, name: str) -> str:
+    folder = run.join(sub, CORRUPT)
+    run.fs.makedirs(folder, exist_ok=True)
+    target = posixpath.join(folder, name)
+    run.fs.mv(run.join(sub, name), target)
+    return run.fs.unstrip_protocol(target)
 
 
 def remove_temp_files(run: RunDir) -> None:
     """A run killed mid-write leaves `.tmp-` files (never read as parts); clear them away."""
-    for folder in (run.root, run.join(PARTS), run.join(FAILED)):
+    from vlpipe.rundir import TMP_PREFIX
+
+    for folder in (run.root, run.join(PARTS), run.join(FAILED), run.join(DONE)):
         run.fs.invalidate_cache(folder)
         if run.fs.exists(folder):
             for path in run.fs.ls(folder, detail=False):
                 if posixpath.basename(path).startswith(TMP_PREFIX):
                     run.fs.rm(path)
-
-
-def archive_failures(run: RunDir) -> int:
-    """--retry-failed: move failure parts aside so their inputs count as pending again."""
-    parts = run.failed_parts()
-    if not parts:
-        return 0
-    folder = run.join(FAILED, f"retried-{time.strftime('%Y%m%dT%H%M%S')}")
-    run.fs.makedirs(folder, exist_ok=True)
-    for path in parts:
-        run.fs.mv(path, posixpath.join(folder, posixpath.basename(path)))
-    return len(parts)

@@ -1,78 +1,35 @@
-"""`vlpipe run`: list inputs, skip done ones, process shards with Beam, verify, index.
+"""`vlpipe run`: plan shard specs, skip done ones, process the rest with Beam, count, index.
 
-source ─► list inputs ─► drop done ids ─► shards ─► GroupByKey ─► ProcessShard ─► verify ─► index
+driver:  source ─► plan (streamed specs) ─► drop done specs (markers) ─► Beam
+workers: ProcessShard(spec) ─► parts every shard-size inputs ─► done marker
+driver:  sum the markers' counts ─► manifest.json + _SUCCESS ─► index
+
+The driver's memory grows with the number of specs (about 1 KB each), never with the number of
+images; it opens no image and no tar, and loads no model weights.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
-import uuid
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from vlpipe import __version__
-from vlpipe.pipeline.options import RunConfig, auto_shard_size, make_pipeline
-from vlpipe.pipeline.resume import (
-    WORK,
-    archive_failures,
-    check_output,
-    done_ids,
-    remove_temp_files,
-    set_aside_corrupt,
-)
-from vlpipe.pipeline.sources import InputRecord, Listing, list_inputs
-from vlpipe.rundir import FAILED, SUCCESS, RunDir, write_atomic, write_table_atomic
+from vlpipe.errors import VlpipeError
+from vlpipe.models.describe import describe_models
+from vlpipe.pipeline.options import RunConfig, make_pipeline
+from vlpipe.pipeline.progress import ProgressMonitor
+from vlpipe.pipeline.resume import LAYOUT_VERSION, Resume, check_output
+from vlpipe.pipeline.summary import RunSummary, count
+from vlpipe.reading.plan import plan
+from vlpipe.reading.records import save_page
+from vlpipe.reading.specs import KIND_PAGE, ShardSpec
+from vlpipe.rundir import PLAN, SUCCESS, RunDir, write_atomic
 from vlpipe.schema import SCHEMA_VERSION
-from vlpipe.transforms.handlers import Models, VlpipeModelHandler
-from vlpipe.transforms.shard import ProcessShard, ShardOptions, save_shard
-from vlpipe.transforms.write import failures_table, part_name
+from vlpipe.transforms.handlers import VlpipeModelHandler
+from vlpipe.transforms.shard import ProcessShard, ShardOptions, ShardWork
 
-
-@dataclass
-class RunSummary:
-    """Counts over every input of the source, not just this run's share of it."""
-
-    seen: int
-    written: int
-    failed: int
-    already_done: int
-    processed: int
-    duplicates: int
-    reasons: dict[str, int]
-    seconds: float
-    timings: dict[str, float] = field(default_factory=dict)
-    lost: int = 0
-    duplicated: int = 0
-    corrupt_parts: list[str] = field(default_factory=list)
-    index: dict | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.lost == 0 and self.duplicated == 0 and self.seen == self.written + self.failed
-
-    def lines(self) -> list[str]:
-        rate = self.processed / self.seconds if self.seconds > 0 else 0.0
-        out = [
-            f"seen {self.seen}: written {self.written}, failed {self.failed}"
-            f" ({'OK' if self.ok else 'COUNT MISMATCH'}: seen == written + failed"
-            f"{'' if self.ok else ' is FALSE'})",
-            f"this run: processed {self.processed} in {self.seconds:.1f} s ({rate:.1f} images/s),"
-            f" {self.already_done} already done, {self.duplicates} duplicate inputs dropped",
-        ]
-        if self.timings:
-            out.append(
-                "time in shards: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
-            )
-        out += [f"  failed {reason}: {n}" for reason, n in sorted(self.reasons.items())]
-        if self.lost or self.duplicated:
-            out.append(f"LOST {self.lost} inputs, {self.duplicated} inputs in more than one row")
-        out += [
-            f"corrupt part set aside, its inputs processed again: {p}" for p in self.corrupt_parts
-        ]
-        return out
+__all__ = ["RunSummary", "run"]
 
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
@@ -80,38 +37,57 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     config.validate()
     started = time.time()
     run_dir = RunDir(config.output)
-    handler = make_handler(config)
-    models = handler.load_model()  # fail fast on a bad model name, before any work
+    models = describe_models(config.captioner, config.embedder)  # config files only
     check_output(run_dir, config.model_config(), config.overwrite)
     forget_cached_listings(config.source)
-    listing = list_inputs(config.source)
     # The manifest goes first, _SUCCESS goes: a kill at any later point leaves a resumable run.
     run_dir.write_manifest(manifest(config, models, started, status="running"))
-    if run_dir.is_complete():
-        run_dir.fs.rm(run_dir.join(SUCCESS))
-    remove_temp_files(run_dir)
-    if config.retry_failed:
-        archive_failures(run_dir)
-    done = done_ids(run_dir)
-    corrupt = set_aside_corrupt(run_dir)
-    pending = [r for r in listing.records if r.image_id not in done]
-    write_input_failures(run_dir, [f for f in listing.failures if f["image_id"] not in done])
+    run_dir.remove(SUCCESS)
+    resume = Resume.load(run_dir, retry_failed=config.retry_failed)
+    specs, todo = plan_work(config, run_dir, resume)
     echo(
-        f"vlpipe {__version__}: {len(listing.records) + len(listing.failures)} inputs,"
-        f" {len(pending)} to process; captioner {config.captioner}, embedder {config.embedder}"
+        f"vlpipe {__version__}: {len(specs)} shards ({_inputs(specs)} inputs), {len(todo)} to"
+        f" process; captioner {config.captioner}, embedder {config.embedder}"
     )
-    timings = run_shards(config, handler, run_dir, pending) if pending else {}
-    summary = verify(run_dir, listing, len(done), len(pending), time.time() - started)
+    timings = run_shards(config, run_dir, todo, models["embedder"]["dim"]) if todo else {}
+    summary = count(run_dir, specs, {w.spec.key for w in todo}, time.time() - started)
     summary.timings = timings
-    summary.corrupt_parts = corrupt + summary.corrupt_parts
+    summary.corrupt_parts = resume.corrupt + summary.corrupt_parts
+    if summary.seen == 0:
+        raise VlpipeError(f"no images found in {config.source}")
     run_dir.write_manifest(manifest(config, models, started, status="done", summary=summary))
     if summary.ok:
+        run_dir.remove(PLAN)
         write_atomic(run_dir.fs, run_dir.join(SUCCESS), b"")
         if config.build_index and summary.written:
             from vlpipe.index.build import build_index
 
             summary.index = build_index(config.output, progress=config.progress)
     return summary
+
+
+def plan_work(
+    config: RunConfig, run_dir: RunDir, resume: Resume
+) -> tuple[list[ShardSpec], list[ShardWork]]:
+    """Every spec of the source (without page uris) and the work left; a listing page that is
+    still to do is saved under --output for its worker, the others are dropped as they stream."""
+    specs: list[ShardSpec] = []
+    todo: list[ShardWork] = []
+    for spec in plan(config.source, config.shard_size):
+        work = resume.work(spec)
+        if work is not None and spec.kind == KIND_PAGE:
+            url = run_dir.url(PLAN, f"{spec.key}.jsonl")
+            save_page(url, spec.uris)
+            work = ShardWork(spec.without_uris(url), work.skip_parts, work.skip_failed)
+        specs.append(spec.without_uris())
+        if work is not None:
+            todo.append(work)
+    return specs, todo
+
+
+def _inputs(specs: list[ShardSpec]) -> str:
+    known = sum(s.count or 0 for s in specs)
+    return f"{known}" if all(s.count is not None for s in specs) else f"{known}+ (tars uncounted)"
 
 
 def forget_cached_listings(source: str) -> None:
@@ -121,7 +97,7 @@ def forget_cached_listings(source: str) -> None:
 
     try:
         fs, _ = fsspec.core.url_to_fs(source)
-    except Exception:  # noqa: BLE001 - a bad source is list_inputs' error to report
+    except Exception:  # noqa: BLE001 - a bad source is plan's error to report
         return
     fs.invalidate_cache()
 
@@ -138,45 +114,39 @@ def make_handler(config: RunConfig) -> VlpipeModelHandler:
     )
 
 
-def write_input_failures(run_dir: RunDir, failures: list[dict]) -> None:
-    """Inputs that could not even be listed (a manifest row without uri) still get their row."""
-    if failures:
-        name = part_name([f["image_id"] for f in failures])
-        write_table_atomic(run_dir.fs, run_dir.join(FAILED, name), failures_table(failures))
-
-
 def run_shards(
-    config: RunConfig, handler: VlpipeModelHandler, run_dir: RunDir, pending: list[InputRecord]
+    config: RunConfig, run_dir: RunDir, todo: list[ShardWork], dim: int
 ) -> dict[str, float]:
-    """Write shard files, run the Beam pipeline over their URLs, show progress while it runs."""
+    """The Beam pipeline over the specs to do; progress comes from markers under --output."""
     import apache_beam as beam
 
-    work = run_dir.url(WORK, uuid.uuid4().hex[:12])
-    size = config.shard_size or auto_shard_size(len(pending), config.workers)
-    urls = []
-    for i in range(0, len(pending), size):
-        urls.append(f"{work}/shard-{i // size:06d}.jsonl")
-        save_shard(urls[-1], pending[i : i + size])
-    options = ShardOptions(config.output, config.decode_threads, config.max_pixels, config.float16)
-    monitor = ProgressMonitor(urls, len(pending), enabled=config.progress)
+    options = ShardOptions(
+        config.output,
+        config.shard_size,
+        config.decode_threads,
+        config.max_pixels,
+        config.float16,
+        dim,
+    )
+    counts = [w.spec.count for w in todo]
+    total = sum(counts) if None not in counts else None
+    monitor = ProgressMonitor(run_dir, {w.spec.key for w in todo}, total, config.progress)
     monitor.start()
     try:
-        pipeline = make_pipeline(config, n_shards=len(urls))
+        pipeline = make_pipeline(config, n_shards=len(todo))
         try:
             with pipeline:
                 _ = (
                     pipeline
-                    | "Shards" >> beam.Create(list(enumerate(urls)))
-                    | "GroupByShard" >> beam.GroupByKey()
-                    | "ProcessShard" >> beam.ParDo(ProcessShard(handler, options))
+                    | "Specs" >> beam.Create(todo, reshuffle=False)
+                    | "Spread" >> beam.Reshuffle()
+                    | "ProcessShard" >> beam.ParDo(ProcessShard(make_handler(config), options))
                 )
         finally:
             close_runner_client(getattr(pipeline, "result", None))
     finally:
         monitor.stop()
-    timings = monitor.timings()
-    run_dir.fs.rm(run_dir.join(WORK), recursive=True)
-    return timings
+    return monitor.timings()
 
 
 def close_runner_client(result) -> None:
@@ -187,84 +157,9 @@ def close_runner_client(result) -> None:
         client.close()
 
 
-class ProgressMonitor(threading.Thread):
-    """Polls the per-shard summary files; works on any runner that shares the output filesystem."""
-
-    def __init__(self, shard_urls: list[str], total: int, enabled: bool = True):
-        super().__init__(daemon=True)
-        self.urls = shard_urls
-        self.total = total
-        self.enabled = enabled
-        self.done: dict[str, dict] = {}
-        self._stopping = threading.Event()  # not _stop: Thread has a _stop() of its own
-
-    def run(self) -> None:
-        from tqdm import tqdm
-
-        with tqdm(total=self.total, unit="img", disable=not self.enabled, smoothing=0.1) as bar:
-            while not self._stopping.wait(1.0):
-                self._poll(bar)
-            self._poll(bar)
-
-    def _poll(self, bar) -> None:
-        import json
-
-        import fsspec
-
-        for url in self.urls:
-            if url in self.done:
-                continue
-            try:
-                with fsspec.open(url + ".done.json", "r") as f:
-                    self.done[url] = json.load(f)
-            except (FileNotFoundError, ValueError):
-                continue
-            bar.update(self.done[url]["seen"])
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join()
-
-    def timings(self) -> dict[str, float]:
-        keys = ("decode_s", "infer_s", "write_s")
-        return {k: sum(s.get(k, 0.0) for s in self.done.values()) for k in keys}
-
-
-def verify(
-    run_dir: RunDir, listing: Listing, already: int, processed: int, seconds: float
-) -> RunSummary:
-    """Count every input of the source in the output: exactly one row each, none lost."""
-    listed = {r.image_id for r in listing.records} | {f["image_id"] for f in listing.failures}
-    rows = Counter()
-    for batch in run_dir.iter_batches(["image_id"]):
-        rows.update(i for i in batch.column(0).to_pylist() if i in listed)
-    written = len(rows)
-    reasons: Counter = Counter()
-    for batch in run_dir.iter_batches(["image_id", "stage", "reason"], failed=True):
-        for image_id, stage, reason in zip(*(c.to_pylist() for c in batch.columns), strict=True):
-            if image_id in listed:
-                if image_id not in rows:
-                    reasons[f"{stage}:{reason}"] += 1
-                rows[image_id] += 1
-    failed = sum(reasons.values())
-    return RunSummary(
-        seen=len(listed),
-        written=written,
-        failed=failed,
-        already_done=min(already, len(listed)),
-        processed=processed,
-        duplicates=listing.duplicates,
-        reasons=dict(reasons),
-        seconds=seconds,
-        lost=len(listed - set(rows)),
-        duplicated=sum(1 for n in rows.values() if n > 1),
-        corrupt_parts=list(run_dir.corrupt),
-    )
-
-
 def manifest(
     config: RunConfig,
-    models: Models,
+    models: dict,
     started: float,
     status: str,
     summary: RunSummary | None = None,
@@ -275,23 +170,17 @@ def manifest(
     body = {
         "vlpipe_version": __version__,
         "schema_version": SCHEMA_VERSION,
+        "layout_version": LAYOUT_VERSION,
         "status": status,
         "source": config.source,
         "started": iso(started),
         "finished": iso(time.time()) if summary else None,
         "config": config.model_config(),
-        "models": {
-            "captioner": {"name": config.captioner, "config": models.captioner.describe()},
-            "embedder": {
-                "name": config.embedder,
-                "config": models.embedder.describe(),
-                "fingerprint": models.embedder.fingerprint(),
-                "dim": models.embedder.dim,
-            },
-        },
+        "models": models,
         "embedding_dtype": "float16" if config.float16 else "float32",
         "options": {
             "batch_size": config.batch_size,
+            "shard_size": config.shard_size,
             "max_caption_tokens": config.max_caption_tokens,
             "device": config.device,
             "precision": config.precision,
@@ -300,14 +189,6 @@ def manifest(
         },
     }
     if summary:
-        body["counts"] = {
-            "seen": summary.seen,
-            "written": summary.written,
-            "failed": summary.failed,
-            "failed_by_reason": summary.reasons,
-            "duplicates_dropped": summary.duplicates,
-            "processed_this_run": summary.processed,
-            "lost": summary.lost,
-        }
+        body["counts"] = summary.counts()
         body["timings"] = summary.timings
     return body

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from vlpipe.errors import ReasonError
+
 #: Pillow's own default limit (about 89.5 MP): the same semantics as `Image.MAX_IMAGE_PIXELS`.
 DEFAULT_MAX_PIXELS: int = 89_478_485
 
@@ -43,22 +45,9 @@ _ORIENTATION = 0x0112
 _pil_limit_lock = threading.Lock()
 
 
-class _ReasonError(Exception):
-    """An error with a short stable `reason` code (for counting) and a one-line message."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(" ".join(message.split()))
-        self.reason = reason
-
-
-class DecodeError(_ReasonError):
+class DecodeError(ReasonError):
     """Bytes that are not a decodable image: reason is one of empty, not-an-image, too-large,
     truncated, corrupt, unsupported-mode."""
-
-
-class ReadError(_ReasonError):
-    """An input whose bytes cannot be read: reason is one of missing, permission-denied,
-    not-a-file, too-large, bad-uri, missing-member, unreadable."""
 
 
 @dataclass

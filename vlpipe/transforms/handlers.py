@@ -10,6 +10,7 @@ vlpipe's own pipeline drives the same handler from a shard-level DoFn instead (s
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -97,6 +98,14 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
         self.precision = precision
         self.max_caption_tokens = max_caption_tokens
         self.max_batch_size = max_batch_size
+
+    def on_device(self, device: str) -> VlpipeModelHandler:
+        """The same handler on another device (a worker's own GPU)."""
+        if device == self.device:
+            return self
+        clone = copy.copy(self)
+        clone.device = device
+        return clone
 
     def load_model(self) -> Models:
         """Once per process: every DoFn instance, thread and bundle shares the loaded models."""

@@ -1,42 +1,40 @@
-"""ProcessShard: one DoFn call turns one shard of inputs into one atomic Parquet part.
+"""ProcessShard: one DoFn call turns one shard spec into atomic Parquet parts and a done marker.
 
 Why not `RunInference` directly: Beam 2.77's DaskRunner drops every element a DoFn emits from
 `finish_bundle`, and BatchElements (inside RunInference) and WriteToParquet emit their last batch
 there, so rows silently vanish on that runner. Doing read, decode, batched inference (through the
-same `VlpipeModelHandler` a user would give RunInference) and the part write inside one `process`
-call per shard emits nothing from `finish_bundle`, is correct on every runner, bounds memory by the
-shard size and makes the shard the unit of resume.
+same `VlpipeModelHandler` a user would give RunInference) and the part writes inside one `process`
+call per spec emits nothing from `finish_bundle`, is correct on every runner, bounds memory by the
+shard size and makes the spec the unit of resume.
+
+The spec streams: a tar is read once, sequentially, in a reader thread; decoding runs in a thread
+pool a bounded number of images ahead of the model; a part is written every `shard_size` inputs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import apache_beam as beam
-import fsspec
 
-from vlpipe.pipeline.sources import InputRecord, read_bytes, read_tar_members
-from vlpipe.schema import STAGE_DECODE, STAGE_MODEL, STAGE_READ
-from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, DecodeError
-from vlpipe.transforms.handlers import (
-    ImageResult,
-    Models,
-    PreparedImage,
-    VlpipeModelHandler,
-    prepare_image,
-)
+from vlpipe.reading.records import spec_records
+from vlpipe.reading.specs import Record, ShardSpec
+from vlpipe.rundir import FAILED, PARTS, PROGRESS, RunDir
+from vlpipe.schema import STAGE_MODEL
+from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
+from vlpipe.transforms.devices import worker_device
+from vlpipe.transforms.handlers import Models, PreparedImage, VlpipeModelHandler
+from vlpipe.transforms.prefetch import prepare_ahead
 from vlpipe.transforms.write import (
     failure_row,
     failures_table,
     part_name,
     results_table,
-    write_shard,
+    write_chunk,
 )
 
 log = logging.getLogger(__name__)
@@ -45,99 +43,182 @@ log = logging.getLogger(__name__)
 @dataclass
 class ShardOptions:
     output: str
+    shard_size: int = 1000
     decode_threads: int = 4
     max_pixels: int = DEFAULT_MAX_PIXELS
     float16: bool = True
+    dim: int = 0  # the embedder's dimension, from its config (the driver loads no weights)
 
 
-def save_shard(url: str, records: list[InputRecord]) -> None:
-    """A shard's inputs as JSON lines: the pipeline ships only the file's URL to a worker."""
-    with fsspec.open(url, "w") as f:
-        for r in records:
-            f.write(json.dumps(asdict(r)) + "\n")
+@dataclass(frozen=True)
+class ShardWork:
+    """A spec and what a rerun already holds for it: parts whose inputs it must not redo (from
+    done markers of an earlier version of the spec, or its results when failures are retried)."""
 
-
-def load_shard(url: str) -> list[InputRecord]:
-    with fsspec.open(url, "r") as f:
-        return [InputRecord(**json.loads(line)) for line in f if line.strip()]
+    spec: ShardSpec
+    skip_parts: tuple[str, ...] = ()
+    skip_failed: tuple[str, ...] = ()
 
 
 class ProcessShard(beam.DoFn):
-    """(key, [shard file URLs]) -> one summary dict per shard; parts are written as a side
-    effect."""
+    """ShardWork -> one summary dict per spec; parts and the marker are written as side effects."""
 
     def __init__(self, handler: VlpipeModelHandler, options: ShardOptions):
         self._handler = handler
         self._options = options
 
     def setup(self) -> None:
-        self._models = self._handler.load_model()  # cached per process, see handlers.py
+        # One model per worker process, shared by its threads; with K GPUs, worker i -> cuda:i%K.
+        handler = self._handler.on_device(worker_device(self._handler.device))
+        self._models = handler.load_model()
 
-    def process(self, element):
-        _key, urls = element
-        for url in urls:
-            summary = process_shard(load_shard(url), self._models, self._handler, self._options)
-            # Progress and timing for the launcher; the parts, not this file, are the truth.
-            with fsspec.open(url + ".done.json", "w") as f:
-                json.dump(summary, f)
-            yield summary
+    def process(self, work: ShardWork):
+        yield process_shard(work, self._models, self._handler, self._options)
+
+
+class _Tally:
+    """What happened to a spec's inputs, including the ones an earlier run already holds."""
+
+    def __init__(self, run: RunDir, work: ShardWork):
+        self.by_part = {n: run.part_ids([n]) for n in work.skip_parts}
+        self.by_failed = {n: run.part_ids([n], failed=True) for n in work.skip_failed}
+        self.kept: dict[str, set[str]] = {PARTS: set(), FAILED: set()}
+        self.seen: set[str] = set()
+        self.counts = Counter()
+        self.reasons = Counter()
+
+    def fresh(self, records: Iterator[Record]) -> Iterator[Record]:
+        """Records to process: not a repeat within the spec, not already held by a part."""
+        for record in records:
+            if record.image_id in self.seen:
+                self.counts["duplicates"] += 1
+                continue
+            self.seen.add(record.image_id)
+            if self._held(record.image_id):
+                continue
+            yield record
+
+    def _held(self, image_id: str) -> bool:
+        for sub, parts, key in (
+            (PARTS, self.by_part, "written"),
+            (FAILED, self.by_failed, "failed"),
+        ):
+            for name, ids in parts.items():
+                if image_id in ids:
+                    self.kept[sub].add(name)
+                    self.counts[key] += 1
+                    self.counts["held"] += 1
+                    return True
+        return False
 
 
 def process_shard(
-    records: list[InputRecord],
-    models: Models,
-    handler: VlpipeModelHandler,
-    options: ShardOptions,
+    work: ShardWork, models: Models, handler: VlpipeModelHandler, options: ShardOptions
 ) -> dict:
-    """Read, decode ahead of the model in threads, infer in batches, write one part."""
-    clock = {"decode_s": 0.0, "infer_s": 0.0, "write_s": 0.0}
-    results: list[dict] = []
-    failures: list[dict] = []
-    by_id = {r.image_id: r for r in records}
-    batch: list[PreparedImage] = []
+    """Read, decode ahead of the model, infer in batches, write a part every shard_size inputs,
+    then the done marker."""
+    run = RunDir(options.output)
+    tally = _Tally(run, work)
+    parts = _Parts(run, work.spec, models, handler, options, tally)
+    records = tally.fresh(spec_records(work.spec))
+    for record, item, seconds in prepare_ahead(records, models, options):
+        parts.clock["decode_s"] += seconds
+        parts.add(record, item)
+    parts.close()
+    marker = _marker(work.spec, tally, parts.written, parts.clock)
+    run.write_marker(marker)
+    run.remove(PROGRESS, f"{work.spec.key}.json")
+    return marker
 
-    def flush() -> None:
+
+class _Parts:
+    """Batches prepared images through the model and writes a part every shard_size inputs."""
+
+    def __init__(self, run, spec, models, handler, options, tally):
+        self.run, self.spec, self.models, self.handler = run, spec, models, handler
+        self.options, self.tally = options, tally
+        self.clock = Counter()
+        self.written: dict[str, dict] = {PARTS: {}, FAILED: {}}
+        self.batch: list[tuple[Record, PreparedImage]] = []
+        self.results: list[dict] = []
+        self.failures: list[dict] = []
+        self.inputs = 0
+        self.seq = 0
+
+    def add(self, record: Record, item: PreparedImage | dict) -> None:
+        self.inputs += 1
+        if isinstance(item, PreparedImage):
+            self.batch.append((record, item))
+            if len(self.batch) >= self.handler.max_batch_size:
+                self._infer()
+        else:
+            self.failures.append(item)
+        if self.inputs >= self.options.shard_size:
+            self._write()
+
+    def close(self) -> None:
+        if self.inputs or self.seq == 0:  # a spec with no input still gets its marker
+            self._write()
+
+    def _infer(self) -> None:
         start = time.perf_counter()
-        done, failed = infer_with_retry(batch, models, handler)
-        clock["infer_s"] += time.perf_counter() - start
-        results.extend(result_row(by_id[r.image_id], p, r) for p, r in done)
-        failures.extend(
+        by_id = {p.image_id: r for r, p in self.batch}
+        done, failed = infer_with_retry([p for _, p in self.batch], self.models, self.handler)
+        self.results.extend(result_row(by_id[p.image_id], p, res) for p, res in done)
+        self.failures.extend(
             failure_row(p.image_id, by_id[p.image_id].uri, STAGE_MODEL, "model-error", err)
             for p, err in failed
         )
-        batch.clear()
+        self.batch.clear()
+        self.clock["infer_s"] += time.perf_counter() - start
 
-    for _record, item, seconds in prepare_ahead(records, models, options):
-        clock["decode_s"] += seconds
-        if isinstance(item, PreparedImage):
-            batch.append(item)
-            if len(batch) >= handler.max_batch_size:
-                flush()
-        else:
-            failures.append(item)
-    if batch:
-        flush()
+    def _write(self) -> None:
+        if self.batch:
+            self._infer()
+        start = time.perf_counter()
+        counts = self.tally.counts
+        counts["written"] += len(self.results)
+        counts["failed"] += len(self.failures)
+        self.tally.reasons.update(f"{f['stage']}:{f['reason']}" for f in self.failures)
+        opts = self.options
+        written = write_chunk(
+            self.run,
+            part_name(self.spec.key, self.spec.digest, self.seq),
+            results_table(self.results, opts.dim, opts.float16),
+            failures_table(self.failures),
+        )
+        for sub in (PARTS, FAILED):
+            self.written[sub].update(written[sub])
+        self.results, self.failures, self.inputs = [], [], 0
+        self.seq += 1
+        self.run.write_progress(self.spec.key, len(self.tally.seen))
+        self.clock["write_s"] += time.perf_counter() - start
 
-    start = time.perf_counter()
-    dim = models.embedder.dim
-    write_shard(
-        options.output,
-        part_name([r.image_id for r in records]),
-        results_table(results, dim, options.float16),
-        failures_table(failures),
-    )
-    clock["write_s"] = time.perf_counter() - start
-    reasons = Counter(f"{f['stage']}:{f['reason']}" for f in failures)
+
+def _marker(spec: ShardSpec, tally: _Tally, written: dict, clock: Counter) -> dict:
+    """The spec's done marker: its counts over all its inputs and every part that holds them."""
+    counts = tally.counts
     return {
-        "seen": len(records),
-        "written": len(results),
-        "failed": len(failures),
-        "reasons": dict(reasons),
-        **clock,
+        "key": spec.key,
+        "kind": spec.kind,
+        "url": spec.url,
+        "first": spec.first,
+        "last": spec.last,
+        "digest": spec.digest,
+        "done": True,
+        "seen": len(tally.seen),
+        "written": counts["written"],
+        "failed": counts["failed"],
+        "processed": len(tally.seen) - counts["held"],
+        "duplicates": counts["duplicates"],
+        "reasons": dict(tally.reasons),
+        "parts": {**{n: None for n in tally.kept[PARTS]}, **written[PARTS]},
+        "failed_parts": {**{n: None for n in tally.kept[FAILED]}, **written[FAILED]},
+        **{k: round(v, 3) for k, v in clock.items()},
     }
 
 
-def result_row(record: InputRecord, prepared: PreparedImage, result: ImageResult) -> dict:
+def result_row(record: Record, prepared: PreparedImage, result) -> dict:
     return {
         "image_id": record.image_id,
         "uri": record.uri,
@@ -152,7 +233,7 @@ def result_row(record: InputRecord, prepared: PreparedImage, result: ImageResult
 
 def infer_with_retry(
     batch: list[PreparedImage], models: Models, handler: VlpipeModelHandler
-) -> tuple[list[tuple[PreparedImage, ImageResult]], list[tuple[PreparedImage, str]]]:
+) -> tuple[list, list[tuple[PreparedImage, str]]]:
     """A batch that raises is retried once as two halves; a half that raises again fails."""
     try:
         return _infer(batch, models, handler), []
@@ -183,74 +264,3 @@ def _free_accelerator_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def prepare_ahead(
-    records: list[InputRecord], models: Models, options: ShardOptions
-) -> Iterator[tuple[InputRecord, PreparedImage | dict, float]]:
-    """(record, prepared image or failure row, decode seconds) in input order.
-
-    Decoding runs in a thread pool (Pillow releases the GIL) a bounded number of images ahead of
-    the consumer, so inference never waits on decode and memory stays bounded.
-    """
-    tar_bytes = _read_tar_shards(records)
-
-    def task(record: InputRecord) -> tuple[PreparedImage | dict, float]:
-        start = time.perf_counter()
-        return _prepare_one(record, tar_bytes, models, options), time.perf_counter() - start
-
-    with ThreadPoolExecutor(max(1, options.decode_threads)) as pool:
-        for record, (item, seconds) in _bounded_map(pool, task, records, ahead=64):
-            yield record, item, seconds
-
-
-def _prepare_one(record, tar_bytes, models, options) -> PreparedImage | dict:
-    try:
-        data = tar_bytes.pop(record.uri) if record.tar else read_bytes(record)
-        if isinstance(data, Exception):
-            raise data
-    except Exception as exc:  # noqa: BLE001 - ReadError or any filesystem error
-        reason = getattr(exc, "reason", "unreadable")
-        return failure_row(record.image_id, record.uri, STAGE_READ, reason, _message(exc))
-    try:
-        return prepare_image(record.image_id, data, models, record.text, options.max_pixels)
-    except DecodeError as exc:
-        return failure_row(record.image_id, record.uri, STAGE_DECODE, exc.reason, str(exc))
-    except Exception as exc:  # noqa: BLE001 - preprocess bugs on odd images fail the image only
-        return failure_row(record.image_id, record.uri, STAGE_DECODE, "decode-error", _message(exc))
-
-
-def _message(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-def _read_tar_shards(records: list[InputRecord]) -> dict[str, bytes | Exception]:
-    """Tar members are read in one sequential pass per tar; keyed by record uri."""
-    wanted: dict[str, list[InputRecord]] = {}
-    for r in records:
-        if r.tar:
-            wanted.setdefault(r.tar, []).append(r)
-    out: dict[str, bytes | Exception] = {}
-    for tar, members in wanted.items():
-        try:
-            got = read_tar_members(tar, [m.member for m in members])
-        except Exception as exc:  # noqa: BLE001 - an unreadable tar fails its members
-            got = {m.member: exc for m in members}
-        for m in members:
-            out[m.uri] = got.get(m.member, KeyError(f"member {m.member} not found in {tar}"))
-    return out
-
-
-def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int):
-    pending: deque[tuple[object, Future]] = deque()
-    it = iter(items)
-    for item in it:
-        pending.append((item, pool.submit(fn, item)))
-        if len(pending) >= ahead:
-            break
-    while pending:
-        item, future = pending.popleft()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append((nxt, pool.submit(fn, nxt)))
-        yield item, future.result()

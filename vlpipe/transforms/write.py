@@ -1,13 +1,13 @@
-"""Build a shard's result and failure tables and write them atomically.
+"""Build a shard's result and failure tables, write them atomically, then its done marker.
 
-A part's name is derived from the ids of the shard it came from, so the same shard always maps to
-the same file name, and a rerun after a crash can never leave two copies of one shard behind.
+A part's name is derived from the spec it came from (its key, its content digest and the part's
+sequence number in it), so a Beam retry of the same spec rewrites the same files, and a part that
+no marker names is known to be the leftover of an interrupted spec.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -15,10 +15,16 @@ import pyarrow as pa
 from vlpipe.rundir import FAILED, PARTS, RunDir, write_table_atomic
 from vlpipe.schema import FAILED_SCHEMA, result_schema
 
+PART_NAME = re.compile(r"^part-[0-9a-f]{20}-[0-9a-f]{8}-\d{5}\.parquet$")
 
-def part_name(image_ids: Sequence[str]) -> str:
-    digest = hashlib.sha1("\n".join(sorted(image_ids)).encode()).hexdigest()[:20]
-    return f"part-{digest}.parquet"
+
+def part_name(key: str, digest: str, seq: int) -> str:
+    return f"part-{key}-{digest[:8]}-{seq:05d}.parquet"
+
+
+def is_part_name(name: str) -> bool:
+    """A name vlpipe gives its parts (anything else in parts/ is not of this run's making)."""
+    return bool(PART_NAME.match(name))
 
 
 def results_table(rows: list[dict], dim: int, float16: bool = True) -> pa.Table:
@@ -40,18 +46,16 @@ def failures_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=FAILED_SCHEMA)
 
 
-def write_shard(
-    output: str, name: str, results: pa.Table, failures: pa.Table
-) -> tuple[str | None, str | None]:
-    """Failures first, then results: each file is atomic, and either order is safe on resume."""
-    run = RunDir(output)
-    written = [None, None]
-    for i, (sub, table) in enumerate(((FAILED, failures), (PARTS, results))):
+def write_chunk(run: RunDir, name: str, results: pa.Table, failures: pa.Table) -> dict[str, dict]:
+    """A chunk's two parts (each only if it has rows), atomically; their sizes by folder, for
+    the done marker (a rerun checks them against a listing instead of opening every part)."""
+    written: dict[str, dict] = {PARTS: {}, FAILED: {}}
+    for sub, table in ((FAILED, failures), (PARTS, results)):
         if table.num_rows:
             path = run.join(sub, name)
             write_table_atomic(run.fs, path, table)
-            written[i] = path
-    return written[1], written[0]
+            written[sub][name] = run.fs.size(path)
+    return written
 
 
 def failure_row(image_id: str, uri: str, stage: str, reason: str, error: str) -> dict:
@@ -59,4 +63,4 @@ def failure_row(image_id: str, uri: str, stage: str, reason: str, error: str) ->
     return {"image_id": image_id, "uri": uri, "stage": stage, "reason": reason, "error": error}
 
 
-__all__ = ["failure_row", "failures_table", "part_name", "results_table", "write_shard"]
+__all__ = ["failure_row", "failures_table", "part_name", "results_table", "write_chunk"]

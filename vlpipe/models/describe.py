@@ -1,0 +1,79 @@
+"""What a run's manifest records about its models, from their config files alone.
+
+The driver of a run calls this instead of loading the models: it validates the names (a bad one
+fails in one line before any work) and learns the embedding dimension and fingerprint, while the
+weights load only in the workers that run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from vlpipe.errors import VlpipeError
+
+
+def describe_models(captioner: str, embedder: str) -> dict:
+    """{"captioner": {name, config}, "embedder": {name, config, fingerprint, dim}}."""
+    return {
+        "captioner": {"name": captioner, "config": describe_captioner(captioner)},
+        "embedder": {"name": embedder, **describe_embedder(embedder)},
+    }
+
+
+def describe_captioner(name: str) -> dict:
+    mini = _mini_dir(name)
+    if mini:
+        return _describe_mini(mini)[0]
+    from vlpipe.models import hf
+
+    location, config = hf._load_config(name)
+    if config.model_type not in hf.CAPTIONERS:
+        raise hf._unsupported(name, config.model_type, "captioner", hf.CAPTIONERS)
+    recipe = hf._pixel_recipe(name, location)
+    return {"family": config.model_type, "name_or_path": name, "image_size": recipe.image_size}
+
+
+def describe_embedder(name: str) -> dict:
+    mini = _mini_dir(name)
+    if mini:
+        config, fingerprint, dim = _describe_mini(mini)
+        return {"config": config, "fingerprint": fingerprint, "dim": dim}
+    from vlpipe.models.hf import load_hf_embedder
+
+    embedder = load_hf_embedder(name, device="cpu")  # towers load lazily: no weights here
+    return {
+        "config": embedder.describe(),
+        "fingerprint": embedder.fingerprint(),
+        "dim": embedder.dim,
+    }
+
+
+def _mini_dir(name: str) -> str | None:
+    from vlpipe.models.mini import SHIPPED_DIR, is_mini_dir
+
+    if name == "mini":
+        return SHIPPED_DIR
+    return name if os.path.isdir(name) and is_mini_dir(name) else None
+
+
+def _describe_mini(path: str) -> tuple[dict, str, int]:
+    """The same describe() and fingerprint() a loaded MiniModel gives."""
+    from vlpipe.models.mini import CONFIG_NAME, WEIGHTS_NAME, weights_fingerprint
+
+    weights = os.path.join(path, WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        raise VlpipeError(f"{path}: not a vlpipe-mini model ({CONFIG_NAME} + {WEIGHTS_NAME})")
+    with open(os.path.join(path, CONFIG_NAME)) as f:
+        config = json.load(f)
+    dim = int(config["dim"])
+    fingerprint = weights_fingerprint(weights, dim)
+    described = {
+        "name": "vlpipe-mini",
+        "format_version": config.get("format_version"),
+        "dim": dim,
+        "num_beams": int(config.get("num_beams", 1)),
+        "tail_stage": config.get("tail_stage"),
+        "weights_sha256": fingerprint.rsplit("-", 1)[-1],
+    }
+    return described, fingerprint, dim

@@ -1,0 +1,173 @@
+"""Manifest tables (.parquet, .csv, .jsonl/.json) with a uri/url/path/image column and an optional
+text/caption/alt column; relative paths resolve against the manifest's directory.
+
+Planning reads a Parquet file's footer only: each row group becomes one or more row-range specs.
+A worker reads its row group (only the columns it needs), never the whole table; CSV and JSON
+lines files are one spec each and are streamed in blocks by the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from collections.abc import Iterator
+
+import fsspec
+import pyarrow as pa
+
+from vlpipe.errors import VlpipeError
+from vlpipe.reading.files import ext, one_line, public
+from vlpipe.reading.specs import KIND_MANIFEST, Record, ShardSpec, digest_of
+from vlpipe.schema import image_id
+
+URI_COLUMNS = ("uri", "url", "path", "image")
+TEXT_COLUMNS = ("text", "caption", "alt")
+#: a row group is split into at most this many specs (each re-reads the group's uri column)
+MAX_SPLITS_PER_GROUP = 16
+#: the last row index of a file whose row count is not known at planning (CSV, JSON lines)
+_WHOLE = 10**12
+
+
+def plan_manifest(fs, path: str, target: int) -> Iterator[ShardSpec]:
+    """Row-range specs of a manifest, from its footer (Parquet) or as one spec (CSV, JSON)."""
+    url = public(fs, path)
+    info = fs.info(path)
+    digest = digest_of(info.get("size"), info.get("mtime") or info.get("LastModified"))
+    if ext(path) != "parquet":
+        _check_first_block(url)
+        yield ShardSpec(KIND_MANIFEST, url, _row(url, 0), _row(url, _WHOLE), digest)
+        return
+    groups = _row_groups(fs, path, url)
+    if sum(groups) == 0:
+        raise VlpipeError(f"no images found in manifest {url} (it has no rows)")
+    offset = 0
+    for group, rows in enumerate(groups):
+        step = max(target, -(-rows // MAX_SPLITS_PER_GROUP))
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            first, last = _row(url, offset + start), _row(url, offset + stop - 1)
+            yield ShardSpec(
+                KIND_MANIFEST, url, first, last, digest, stop - start, group, start, stop
+            )
+        offset += rows
+
+
+def _check_first_block(url: str) -> None:
+    """A CSV or JSON manifest's columns and first rows, so a bad one fails before any work."""
+    spec = ShardSpec(KIND_MANIFEST, url, _row(url, 0), _row(url, _WHOLE), "")
+    try:
+        first = next(_tables(spec), None)
+    except (pa.ArrowException, ValueError, TypeError, AttributeError) as exc:
+        raise VlpipeError(f"cannot read manifest {url}: {one_line(exc)}") from None
+    if first is None or first.num_rows == 0:
+        raise VlpipeError(f"no images found in manifest {url} (it has no rows)")
+    _columns(first.column_names, url)
+
+
+def _row(url: str, index: int) -> str:
+    return f"{url}#{index:013d}"
+
+
+def _row_groups(fs, path: str, url: str) -> list[int]:
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+            columns = meta.schema.to_arrow_schema().names
+            _columns(columns, url)  # a manifest without a uri column fails before any work
+            return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise VlpipeError(f"cannot read manifest {url}: {one_line(exc)}") from None
+
+
+def _columns(names: list[str], url: str) -> tuple[str, str | None]:
+    lower = {n.lower(): n for n in reversed(names)}  # first spelling wins
+    uri_col = next((lower[c] for c in URI_COLUMNS if c in lower), None)
+    if uri_col is None:
+        raise VlpipeError(
+            f"manifest {url} has no uri column (one of {', '.join(URI_COLUMNS)});"
+            f" its columns: {', '.join(names) or 'none'}"
+        )
+    return uri_col, next((lower[c] for c in TEXT_COLUMNS if c in lower), None)
+
+
+# ---- reading, in a worker -----------------------------------------------------------------------
+
+
+def manifest_records(spec: ShardSpec) -> Iterator[Record]:
+    """The records of one spec's rows; a row without a uri becomes a failure record."""
+    url = spec.url
+    base = posixpath.dirname(url) if "://" in url else os.path.dirname(url)
+    index = int(spec.first.rsplit("#", 1)[1])
+    for table in _tables(spec):
+        uri_col, text_col = _columns(table.column_names, url)
+        uris = _strings(table, uri_col, url)
+        texts = _strings(table, text_col, url) if text_col else [None] * len(uris)
+        for uri, text in zip(uris, texts, strict=True):
+            uri = (uri or "").strip()
+            if uri:
+                yield Record.of(_resolve(uri, base), text)
+            else:
+                why = ("missing-uri", f"{url} row {index}: no {uri_col} value")
+                yield Record("", image_id(f"{url}#row={index}"), failure=why)
+            index += 1
+
+
+def _tables(spec: ShardSpec) -> Iterator[pa.Table]:
+    import pyarrow.parquet as pq
+
+    fs, path = fsspec.core.url_to_fs(spec.url)
+    kind = ext(path)
+    with fs.open(path, "rb") as f:
+        if kind == "parquet":
+            pf = pq.ParquetFile(f)
+            wanted = list(_columns(pf.schema_arrow.names, spec.url))
+            group = pf.read_row_group(spec.row_group, columns=[c for c in wanted if c])
+            yield group.slice(spec.start, spec.stop - spec.start)
+        elif kind == "csv":
+            yield from _csv_blocks(f)
+        else:
+            yield from _json_blocks(f, kind)
+
+
+def _csv_blocks(f) -> Iterator[pa.Table]:
+    import pyarrow.csv as pcsv
+
+    convert = pcsv.ConvertOptions(strings_can_be_null=True)
+    reader = pcsv.open_csv(f, convert_options=convert)
+    for batch in reader:
+        yield pa.Table.from_batches([batch])
+
+
+def _json_blocks(f, kind: str) -> Iterator[pa.Table]:
+    import pyarrow.json as pjson
+
+    head = f.read(64).lstrip()
+    f.seek(0)
+    if kind == "json" and head.startswith(b"["):  # a JSON array rather than JSON lines
+        yield pa.Table.from_pylist(json.load(f))
+        return
+    for batch in pjson.open_json(f):
+        yield pa.Table.from_batches([batch])
+
+
+def _strings(table: pa.Table, column: str, url: str) -> list[str | None]:
+    try:
+        return table.column(column).cast(pa.string()).to_pylist()
+    except (pa.ArrowException, ValueError) as exc:
+        raise VlpipeError(
+            f"manifest {url}: column {column!r} ({table.schema.field(column).type})"
+            f" does not hold strings: {one_line(exc)}"
+        ) from None
+
+
+def _resolve(uri: str, base: str) -> str:
+    """Relative manifest paths resolve against the manifest's directory; URLs stay as given."""
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    if "://" in base:
+        protocol, rest = base.split("://", 1)
+        return f"{protocol}://{posixpath.normpath(posixpath.join(rest, uri))}"
+    return os.path.normpath(os.path.join(base, uri))

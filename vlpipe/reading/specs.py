@@ -1,0 +1,67 @@
+"""Shard specs: the cheap, small description of one unit of work that travels to a worker.
+
+The driver makes specs without opening an image or a tar member; a worker turns one spec into
+records (see `vlpipe.reading.records`). A spec is also the unit of resume: its `key` names the
+slot of the source it covers (a tar, a row range of a manifest, a page of a listing), `digest`
+the content that slot had when it was planned, and `first`..`last` the range of the source's
+order it covers, so a rerun can tell which done specs overlap a changed one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+
+from vlpipe.schema import image_id
+
+KIND_TAR = "tar"
+KIND_MANIFEST = "manifest"
+KIND_PAGE = "page"  # a page of a directory listing or glob
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    kind: str
+    url: str  # the tar, the manifest, or (once saved) the page file a worker reads
+    first: str  # range of the source's order this spec covers (inclusive)
+    last: str
+    digest: str  # content version of the slot: size/mtime of a file, hash of a page's names
+    count: int | None = None  # inputs, when known without reading the inputs
+    row_group: int = -1  # manifest: the Parquet row group (-1: the whole file)
+    start: int = 0  # manifest: rows [start, stop) of the row group
+    stop: int = 0
+    uris: tuple[str, ...] = field(default=(), repr=False)  # a page's uris until it is saved
+
+    @property
+    def key(self) -> str:
+        """The slot's stable name: done markers and part names derive from it."""
+        return hashlib.sha1(f"{self.kind}\n{self.first}".encode()).hexdigest()[:20]
+
+    def without_uris(self, url: str | None = None) -> ShardSpec:
+        return replace(self, uris=(), url=url if url is not None else self.url)
+
+
+@dataclass
+class Record:
+    """One input as a worker sees it; tar members arrive with their bytes (or the error)."""
+
+    uri: str
+    image_id: str
+    text: str | None = None
+    data: bytes | Exception | None = None
+    failure: tuple[str, str] | None = None  # (reason, message): the input itself is unusable
+
+    @classmethod
+    def of(cls, uri: str, text: str | None = None, data=None) -> Record:
+        return cls(uri, image_id(uri), clean_text(text), data)
+
+
+def clean_text(text) -> str | None:
+    if text is None:
+        return None
+    text = str(text).strip()
+    return text or None
+
+
+def digest_of(*parts: object) -> str:
+    return hashlib.sha1("\n".join(map(str, parts)).encode()).hexdigest()[:16]

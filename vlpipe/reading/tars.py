@@ -1,0 +1,113 @@
+"""WebDataset-style tar shards (.tar, .tar.gz, .tgz), read once, sequentially, by one worker.
+
+A sample is a run of adjacent members sharing a key (the member name up to the first dot of its
+basename): its image member is the input, a .txt or .json sibling its text. Members stream out as
+they are read, so decoding starts on the first image while the rest of the tar is still arriving.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+
+import fsspec
+
+from vlpipe.reading.files import IMAGE_EXTENSIONS, MAX_FILE_BYTES, ReadError, hidden, one_line
+from vlpipe.reading.specs import KIND_TAR, Record, ShardSpec, digest_of
+from vlpipe.schema import image_id
+
+TEXT_FIELDS = ("caption", "text", "alt")  # in a member's .json sibling
+#: bytes fetched per request when streaming a tar from object storage
+STREAM_BLOCK = 8 * 1024 * 1024
+
+
+def tar_spec(url: str, info: dict) -> ShardSpec:
+    """One spec per tar, from what a listing already says about it (no request of its own)."""
+    digest = digest_of(info.get("size"), info.get("mtime") or info.get("LastModified"))
+    return ShardSpec(KIND_TAR, url, url, url, digest)
+
+
+def tar_records(url: str) -> Iterator[Record]:
+    """Every image member of the tar as a Record with its bytes (or a ReadError), in tar order;
+    a tar that breaks ends with one failure record for the tar itself."""
+    count = 0
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        with fs.open(path, "rb", block_size=STREAM_BLOCK) as f:
+            with tarfile.open(fileobj=f, mode="r|*") as tar:
+                for record in _samples(tar, url):
+                    count += isinstance(record.data, bytes)
+                    yield record
+    except Exception as exc:  # noqa: BLE001 - whatever breaks the tar fails the tar, not the run
+        after = f" after {count} images" if count else ""
+        message = f"cannot read tar shard {url}{after}: {one_line(exc)}"
+        yield Record(url, image_id(url), failure=("bad-tar", message))
+
+
+def _samples(tar: tarfile.TarFile, url: str) -> Iterator[Record]:
+    key, images, texts = None, [], {}
+    for m in tar:
+        base = posixpath.basename(m.name)
+        if not m.isfile() or hidden(base) or "." not in base:
+            continue
+        member_key, suffix = member_key_of(m.name)
+        if member_key != key:
+            yield from _emit(url, images, texts)
+            key, images, texts = member_key, [], {}
+        kind = suffix.rsplit(".", 1)[-1]
+        if kind in IMAGE_EXTENSIONS:
+            images.append((m.name, _member_bytes(tar, m, url)))
+        elif suffix in ("txt", "json"):
+            texts[suffix] = _member_bytes(tar, m, url, limit=1 << 20)
+        if images and isinstance(images[-1][1], ReadError) and images[-1][1].reason == "truncated":
+            yield from _emit(url, images, texts)  # the tar ends inside this member
+            raise tarfile.ReadError(f"unexpected end of data in {m.name}")
+    yield from _emit(url, images, texts)
+
+
+def _emit(url: str, images: list, texts: dict) -> Iterator[Record]:
+    text = _text(texts)
+    for name, data in images:
+        uri = f"{url}#{name}"
+        yield Record(uri, image_id(uri), text, data)
+
+
+def _text(texts: dict) -> str | None:
+    txt = texts.get("txt")
+    if isinstance(txt, bytes) and txt.strip():
+        return txt.decode("utf-8", "replace").strip()
+    meta = texts.get("json")
+    if not isinstance(meta, bytes):
+        return None
+    try:
+        meta = json.loads(meta)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict):
+        return None
+    value = next((meta[k] for k in TEXT_FIELDS if meta.get(k) not in (None, "")), None)
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def member_key_of(name: str) -> tuple[str, str]:
+    """WebDataset: key = name up to the first dot of the basename; the rest is the extension."""
+    folder, base = posixpath.split(name)
+    stem, suffix = base.split(".", 1)
+    return posixpath.join(folder, stem), suffix.lower()
+
+
+def _member_bytes(
+    tar: tarfile.TarFile, m: tarfile.TarInfo, url: str, limit: int = MAX_FILE_BYTES
+) -> bytes | ReadError:
+    where = f"{url}#{m.name}"
+    if m.size > limit:
+        return ReadError("too-large", f"{where} has {m.size} bytes (limit {limit})")
+    try:
+        data = tar.extractfile(m).read()
+    except (tarfile.ReadError, EOFError, OSError) as exc:
+        return ReadError("truncated", f"{where}: {one_line(exc)}")
+    if len(data) < m.size:
+        return ReadError("truncated", f"{where}: {len(data)} of {m.size} bytes")
+    return data
