@@ -42,7 +42,7 @@ RUN_COMMAND = "python -m bench.gpu"
 
 
 def build_models(folder: Path, tiny: bool) -> tuple[str, str]:
-    from vlpipe.models import hf_tiny
+    from tests import hf_tiny
 
     if tiny:
         return (

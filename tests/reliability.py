@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, str]:
     """Tiny random BLIP and CLIP checkpoints, built once for every module that asks."""
-    from vlpipe.models.hf_tiny import build_tiny_blip, build_tiny_clip
+    from tests.hf_tiny import build_tiny_blip, build_tiny_clip
 
     root = tmp_path_factory.getbasetemp() / "reliability-models"
     if not (root / "built").exists():

@@ -69,7 +69,7 @@ def write_run_dir(out: Path, embedder_name: str, embedder, rows: list[dict], flo
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from vlpipe.models.hf_tiny import build_tiny_clip
+    from tests.hf_tiny import build_tiny_clip
     from vlpipe.models.registry import load_embedder
 
     path = build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")

@@ -10,16 +10,16 @@ import faiss
 import numpy as np
 import pytest
 
-from vlpipe.errors import VlpipeError
-from vlpipe.index.build import build_index
-from vlpipe.index.search import Searcher
-from vlpipe.index.select import FLAT_THRESHOLD, parse_memory, plan_index
-from vlpipe.index.synthetic import (
+from tests.synthetic import (
     clustered_vectors,
     write_manifest,
     write_part,
     write_synthetic_run,
 )
+from vlpipe.errors import VlpipeError
+from vlpipe.index.build import build_index
+from vlpipe.index.search import Searcher
+from vlpipe.index.select import FLAT_THRESHOLD, parse_memory, plan_index
 from vlpipe.index.tune import make_queries, recall_at_k
 from vlpipe.rundir import RunDir
 from vlpipe.schema import image_id

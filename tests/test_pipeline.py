@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from vlpipe.rundir import RunDir
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, str]:
-    from vlpipe.models.hf_tiny import build_tiny_blip, build_tiny_clip
+    from tests.hf_tiny import build_tiny_blip, build_tiny_clip
 
     root = tmp_path_factory.mktemp("models")
     return {"blip": build_tiny_blip(root / "blip"), "clip": build_tiny_clip(root / "clip")}
@@ -189,11 +190,14 @@ def test_different_model_config_is_refused_unless_overwrite(tiny, tmp_path):
     assert summary.ok and summary.processed == 1
 
 
+BROKEN = {"truncated.jpg", "empty.jpg", "notes.jpg"}
+
+
 def test_model_failure_fails_only_that_batch(tiny, corpus, tmp_path):
     """A batch that raises (as on out-of-memory) is retried at half size, then fails its rows."""
-    from vlpipe.pipeline.sources import list_inputs
+    from vlpipe.reading.plan import plan
     from vlpipe.transforms.handlers import Models
-    from vlpipe.transforms.shard import ShardOptions, process_shard
+    from vlpipe.transforms.shard import ShardOptions, ShardWork, process_shard
 
     runner = make_handler(config(tiny, corpus, tmp_path))
     real = runner.load_model()
@@ -213,11 +217,14 @@ def test_model_failure_fails_only_that_batch(tiny, corpus, tmp_path):
         def describe(self):
             return self.inner.describe()
 
-    records = list_inputs(str(corpus)).records[:8]
-    records = [r for r in records if "broken" not in r.uri]
+    [spec] = plan(str(corpus), 10_000)  # one page of every image
+    uris = tuple(u for u in spec.uris if Path(u).name not in BROKEN)[:8]
+    work = ShardWork(replace(spec, uris=uris, first=uris[0], last=uris[-1], count=len(uris)))
+    records = work.spec.uris
     models = Models(BatchLimit(real.captioner), real.embedder)
+    dim = real.embedder.dim
     assert len(records) > 4 and runner.max_batch_size == 8
-    summary = process_shard(records, models, runner, ShardOptions(str(tmp_path / "o")))
+    summary = process_shard(work, models, runner, ShardOptions(str(tmp_path / "o"), dim=dim))
     assert summary["written"] == len(records) and summary["failed"] == 0  # halves of <=4 pass
 
     class AlwaysFails(BatchLimit):
@@ -225,7 +232,7 @@ def test_model_failure_fails_only_that_batch(tiny, corpus, tmp_path):
             raise RuntimeError("CUDA out of memory (simulated)")
 
     models = Models(AlwaysFails(real.captioner), real.embedder)
-    summary = process_shard(records, models, runner, ShardOptions(str(tmp_path / "q")))
+    summary = process_shard(work, models, runner, ShardOptions(str(tmp_path / "q"), dim=dim))
     assert summary["written"] == 0 and summary["failed"] == len(records)
     assert summary["reasons"] == {"model:model-error": len(records)}
 

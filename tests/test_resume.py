@@ -106,8 +106,8 @@ def test_sigkill_then_rerun_is_exactly_once_and_new_files_are_indexed(tiny, tmp_
     assert killed.returncode == -signal.SIGKILL, context
     assert not (out / "_SUCCESS").exists(), context
     rows, failed = read_output(str(out))  # whatever is there is whole: no torn part
-    done_before = len(rows) + len(failed)
-    assert 5 <= done_before < 60, context
+    assert 5 <= len(rows) + len(failed) < 60, context  # the kill interrupted work in progress
+    done_before = inputs_done(out)  # a rerun resumes at spec granularity: these are skipped
 
     final = run_vlpipe(argv)
     assert final.returncode == 0, final.stdout + final.stderr + context
@@ -134,6 +134,36 @@ def test_sigkill_then_rerun_is_exactly_once_and_new_files_are_indexed(tiny, tmp_
     rows, _ = assert_exactly_once(str(out), uris(src))
     assert {str(p) for p in new} <= {r["uri"] for r in rows}
     assert index_count(out) == 60
+
+
+def inputs_done(out: Path) -> int:
+    """Inputs of the specs whose done marker was written (what a rerun skips)."""
+    import json
+
+    folder = out / "_done"
+    markers = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.exists() else []
+    return sum(m["seen"] for m in markers if m["done"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_with_workers_then_rerun_is_exactly_once(tiny, tmp_path, workers):  # noqa: F811
+    """The short form, also with two local worker processes: killed after some parts, before
+    the end; the rerun of the same command finishes the rest, every input in exactly one row."""
+    src, out, log = tmp_path / "src", tmp_path / "out", tmp_path / "vlpipe.log"
+    make_source(src, 37)
+    argv = vlpipe_argv(tiny, src, out, "--shard-size", "3", "--workers", str(workers))
+    killed = kill_when_parts(argv, out, log, target=2, jitter=0.1)
+    context = f"log:\n{log.read_text()[-3000:]}"
+    assert killed.returncode == -signal.SIGKILL, context
+    assert part_files(out) and not (out / "_SUCCESS").exists(), context  # interrupted mid-run
+    done_before = inputs_done(out)
+    assert done_before < 40, context
+    final = run_vlpipe([*argv, "--no-index"])
+    assert final.returncode == 0, final.stdout + final.stderr + context
+    counts = summary_counts(final.stdout)
+    assert counts == {"seen": 40, "written": 37, "failed": 3, "ok": True,
+                      "processed": 40 - done_before}, final.stdout  # fmt: skip
+    assert_exactly_once(str(out), uris(src))
 
 
 def index_count(out: Path) -> int:
@@ -233,42 +263,36 @@ def test_parts_without_a_manifest_are_not_replaced(tiny, tmp_path):  # noqa: F81
     assert snapshot(out) == before
 
 
-def test_corrupt_parts_are_reported_set_aside_and_their_inputs_redone(tiny, tmp_path):  # noqa: F811
+def test_torn_and_foreign_parts_are_set_aside_and_their_inputs_redone(tiny, tmp_path):  # noqa: F811
     import pyarrow.parquet as pq
 
+    from vlpipe.index.build import build_index
     from vlpipe.rundir import RunDir
 
     src, out = tmp_path / "src", tmp_path / "out"
     write_images(src, mixed_names(12))
     assert run(config(tiny, src, out, shard_size=4)).ok
-    torn, rotten, good = sorted((out / "parts").glob("part-*.parquet"))
-    redo = {r for p in (torn, rotten) for r in pq.read_table(p).column("image_id").to_pylist()}
+    parts = sorted((out / "parts").glob("part-*.parquet"))
+    torn = parts[0]
+    redo = set(pq.read_table(torn).column("image_id").to_pylist())
     data = torn.read_bytes()
     torn.write_bytes(data[: len(data) // 2])  # no footer: cannot even be opened
-    data = bytearray(rotten.read_bytes())
-    data[4 : len(data) // 2] = bytes(len(data) // 2 - 4)  # footer intact, pages zeroed
-    rotten.write_bytes(bytes(data))
     (out / "parts" / "part-garbage.parquet").write_bytes(b"\x00garbage" * 300)
     (out / "failed").mkdir(exist_ok=True)
     (out / "failed" / "part-junk.parquet").write_bytes(b"PAR1 but not really")
 
     # Readers skip and report them, never crash.
     reader = RunDir(str(out))
-    assert reader.image_ids() == set(pq.read_table(good).column("image_id").to_pylist())
-    assert reader.image_ids(failed=True) == set()
+    assert len(reader.image_ids()) == 12 - len(redo) and reader.image_ids(failed=True) == set()
     names = {Path(p).name for p in reader.corrupt}
-    assert names == {torn.name, rotten.name, "part-garbage.parquet", "part-junk.parquet"}
+    assert names == {torn.name, "part-garbage.parquet", "part-junk.parquet"}
+    meta = build_index(str(out), progress=False)  # indexes the readable parts, names the others
+    assert meta["count"] == 12 - len(redo)
+    assert set(meta["last_action"]["corrupt_parts"]) == {torn.name, "part-garbage.parquet"}
 
-    # ...and so does the index build: it indexes the readable part and names the others.
-    from vlpipe.index.build import build_index
-
-    meta = build_index(str(out), progress=False)
-    assert meta["count"] == 4
-    assert set(meta["last_action"]["corrupt_parts"]) == names - {"part-junk.parquet"}
-
-    # A rerun sets them aside for inspection and processes their inputs again, exactly once.
+    # A rerun sets them aside for inspection and processes the torn part's inputs again, once.
     summary = run(config(tiny, src, out, shard_size=4))
-    assert summary.ok and summary.processed == len(redo) == 8
+    assert summary.ok and summary.processed == len(redo)
     assert {Path(p).name for p in summary.corrupt_parts} == names
     assert any("corrupt part set aside" in line for line in summary.lines())
     assert {p.name for p in (out / "parts" / "corrupt").iterdir()} == names - {"part-junk.parquet"}
@@ -276,3 +300,16 @@ def test_corrupt_parts_are_reported_set_aside_and_their_inputs_redone(tiny, tmp_
     assert_exactly_once(str(out), uris(src))
     again = run(config(tiny, src, out, shard_size=4, build_index=True))
     assert again.corrupt_parts == [] and again.index["count"] == 12
+
+
+def test_a_rerun_reads_markers_not_image_ids(tiny, tmp_path):  # noqa: F811
+    """Resume is O(shards): with every part replaced by garbage of the same size (so a listing
+    cannot tell), a rerun still skips every spec: it never opened a part to read its ids."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_images(src, mixed_names(10))
+    assert run(config(tiny, src, out, shard_size=3)).ok
+    for part in (out / "parts").glob("part-*.parquet"):
+        part.write_bytes(b"\x00" * part.stat().st_size)
+    again = run(config(tiny, src, out, shard_size=3))
+    assert again.ok and again.processed == 0 and again.written == 10
+    assert again.corrupt_parts == []

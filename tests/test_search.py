@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.conftest import EXAMPLES, REPO
+from tests.synthetic import write_manifest, write_part
 from vlpipe.cli import main
 from vlpipe.errors import VlpipeError
 from vlpipe.index.build import build_index
 from vlpipe.index.search import Searcher
-from vlpipe.index.synthetic import write_manifest, write_part
 from vlpipe.rundir import RunDir
 
 N_PHOTOS = 16
@@ -37,7 +37,7 @@ def one_faiss_thread():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from vlpipe.models.hf_tiny import build_tiny_clip, build_tiny_siglip
+    from tests.hf_tiny import build_tiny_clip, build_tiny_siglip
 
     root = tmp_path_factory.mktemp("models")
     return {"clip": build_tiny_clip(root / "clip"), "siglip": build_tiny_siglip(root / "siglip")}
@@ -227,7 +227,7 @@ def test_cli_refusals_are_one_line(indexed, models, tmp_path):
 
 
 def test_cli_index_builds_then_reports_up_to_date(tmp_path):
-    from vlpipe.index.synthetic import write_synthetic_run
+    from tests.synthetic import write_synthetic_run
 
     run = write_synthetic_run(str(tmp_path / "out"), 600, 16, part_rows=300)
     result = cli("index", run.path, "--kind", "flat", "-q")

@@ -28,8 +28,8 @@ N_PHOTOS = 12
 def make_indexed_run(root: Path) -> tuple[Path, dict[str, str]]:
     """A run dir over N_PHOTOS example photos (captioned with a human caption each) plus one
     indexed file that is not an image, with a built index. Returns (run dir, name -> caption)."""
+    from tests.hf_tiny import build_tiny_clip
     from vlpipe.index.build import build_index
-    from vlpipe.models.hf_tiny import build_tiny_clip
     from vlpipe.models.registry import load_embedder
 
     clip = build_tiny_clip(root / "tiny-clip")

@@ -6,24 +6,21 @@ top K among all captions. Ties count against the query, so a model that gives ev
 score gets no credit.
 
 BLEU-4 and CIDEr-D are the coco-caption scorers (package `pycocoevalcap`, pure Python) fed with a
-simple, documented tokenisation instead of coco-caption's Java PTB tokenizer: lowercase, every run
-of characters other than letters and digits is a word break (so punctuation disappears and "dog's"
-becomes "dog s"). Scores are on the 0-1 scale for BLEU and the usual x10 scale for CIDEr-D.
+simple, documented tokenisation (`tokenize`, from vlpipe.models.tokenize, which vlpipe-mini's
+vocabulary shares) instead of coco-caption's Java PTB tokenizer: lowercase, every run of characters
+other than letters and digits is a word break (so punctuation disappears and "dog's" becomes
+"dog s"). Scores are on the 0-1 scale for BLEU and the usual x10 scale for CIDEr-D.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
 
-_WORD = re.compile(r"[^\W_]+")  # letters and digits of any script
+from vlpipe.models.tokenize import tokenize
 
-
-def tokenize(text: str) -> str:
-    """Lowercased words separated by single spaces, punctuation dropped."""
-    return " ".join(_WORD.findall(text.lower()))
+__all__ = ["caption_scores", "retrieval_recalls", "tokenize"]
 
 
 def _t2i_ranks(text_emb: np.ndarray, image_emb: np.ndarray, query_image: np.ndarray) -> np.ndarray:

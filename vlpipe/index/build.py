@@ -1,9 +1,9 @@
 """Build or update a run's FAISS index from its Parquet parts.
 
 Vectors stream from the parts batch by batch (Arrow buffers to NumPy, never Python objects per
-row), are re-normalised, deduplicated by image_id and added to the index; the id map keeps
-image_id, uri and caption per index row. Approximate kinds are trained on a sample and their
-search knob tuned to recall@10 >= 0.95 against exact search (vlpipe.index.tune).
+row), are re-normalised, deduplicated by image_id and added to the index (vlpipe.index.adder);
+the id map keeps image_id, uri and caption per index row. Approximate kinds are trained on a
+sample and their search knob tuned to recall@10 >= 0.95 against exact search (vlpipe.index.tune).
 
 Incremental: meta.json lists the parts already indexed. A later call adds only new parts' vectors
 (every kind here accepts `add`), and rebuilds from scratch when it must: another embedder, a part
@@ -22,21 +22,18 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from vlpipe import __version__
 from vlpipe.errors import VlpipeError
+from vlpipe.index.adder import Adder, valid_vectors
 from vlpipe.index.select import KINDS, IndexPlan, parse_memory, plan_index
 from vlpipe.index.store import FORMAT_VERSION, IDMAP_COLUMNS, IndexDir
-from vlpipe.rundir import RunDir
+from vlpipe.rundir import PARTS, RunDir
 
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 16384  # x 256-d float32 = 16 MB per batch: small transient copies
 RETRAIN_GROWTH = 4  # IVF lists are retrained once the corpus is 4x what they were trained on
-IDMAP_SCHEMA = pa.schema(
-    [("image_id", pa.string()), ("uri", pa.string()), ("caption", pa.string())]
-)
 
 
 def build_index(
@@ -128,7 +125,7 @@ class _Job:
             order = np.random.default_rng(1).permutation(len(sample))
             _train(index, plan, sample[order[nq:]])
             gt = ExactTopK(make_queries(sample[order[:nq]]))
-        adder = _Adder(index, gt, ids=None, dim=self.dim)
+        adder = Adder(index, gt, ids=None, dim=self.dim)
         done = self._add_parts(adder, list(counts), total)
         meta = {
             "vlpipe_version": __version__,
@@ -194,7 +191,7 @@ class _Job:
         except (VlpipeError, OSError, ValueError) as exc:
             return f"the index on disk is unreadable ({exc})"
         gt = ExactTopK(tuning["queries"], state=tuning) if tuning is not None else None
-        adder = _Adder(index, gt, ids=idmap.column("image_id"), dim=self.dim, idmap=idmap)
+        adder = Adder(index, gt, ids=idmap.column("image_id"), dim=self.dim, idmap=idmap)
         done = self._add_parts(adder, list(counts), sum(counts.values()))
         action = {"action": "added", "parts": len(done)}
         if adder.added == 0 and not done:  # only corrupt parts: nothing to write
@@ -239,7 +236,7 @@ class _Job:
         """Rows per readable part, from Parquet footers (corrupt parts are left out)."""
         counts = {}
         for name in names:
-            pf = self.run.open_part(self.run.join("parts", name))
+            pf = self.run.open_part(self.run.join(PARTS, name))
             if pf is not None:
                 self._check_dim(pf.schema_arrow, name)
                 counts[name] = pf.metadata.num_rows
@@ -257,7 +254,7 @@ class _Job:
 
     def _batches(self, name: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
         """Record batches of one part; a part that breaks mid-way is reported, not fatal."""
-        path = self.run.join("parts", name)
+        path = self.run.join(PARTS, name)
         pf = self.run.open_part(path)
         if pf is None:
             return
@@ -277,7 +274,7 @@ class _Job:
             offset += rows
             start = 0
             for batch in self._batches(name, ["embedding"]) if len(local) else ():
-                vectors, valid = _vectors(batch.column(0), self.dim)
+                vectors, valid = valid_vectors(batch.column(0), self.dim)
                 take = local[(local >= start) & (local < start + len(vectors))] - start
                 picked.append(vectors[take[valid[take]]])
                 start += len(vectors)
@@ -285,7 +282,7 @@ class _Job:
             raise VlpipeError(f"no readable embeddings in {self.run.path}")
         return np.concatenate(picked)
 
-    def _add_parts(self, adder: _Adder, names: list[str], total: int) -> list[str]:
+    def _add_parts(self, adder: Adder, names: list[str], total: int) -> list[str]:
         """Stream `names` into the index; returns the parts read whole."""
         from tqdm import tqdm
 
@@ -302,102 +299,6 @@ class _Job:
                 if len(self.run.corrupt) == corrupt_before:
                     done.append(name)
         return done
-
-
-class _Adder:
-    """Adds record batches to an index: drops invalid rows and ids already indexed."""
-
-    def __init__(self, index, gt, ids: pa.ChunkedArray | None, dim: int, idmap=None):
-        self.index, self.gt, self.dim = index, gt, dim
-        self._seen = _SeenIds(_ids(ids) if ids is not None else None)
-        self._tables = [idmap] if idmap is not None else []
-        self.added = self.duplicates = self.invalid = 0
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        import faiss
-
-        vectors, valid = _vectors(batch.column("embedding"), self.dim)
-        id_col = batch.column("image_id")
-        valid &= np.asarray(id_col.is_valid())
-        self.invalid += int((~valid).sum())
-        keep = valid & self._unseen(_ids(id_col), valid)
-        self.duplicates += int((valid & ~keep).sum())
-        if not keep.any():
-            return
-        vectors = np.ascontiguousarray(vectors[keep])
-        faiss.normalize_L2(vectors)
-        first = self.index.ntotal
-        self.index.add(vectors)
-        if self.gt is not None:
-            self.gt.add(vectors, first)
-        rows = batch.select(IDMAP_COLUMNS).filter(pa.array(keep))
-        self._tables.append(pa.Table.from_batches([rows]).cast(IDMAP_SCHEMA))
-        self.added += len(vectors)
-
-    def _unseen(self, ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """First occurrences of ids not indexed before; records them as seen."""
-        keep = np.zeros(len(ids), dtype=bool)
-        rows = np.flatnonzero(valid)
-        _, first = np.unique(ids[rows], return_index=True)
-        keep[rows[first]] = True
-        keep &= ~self._seen.contains(ids)
-        self._seen.add(ids[keep])
-        return keep
-
-    def idmap(self) -> pa.Table:
-        if not self._tables:
-            return IDMAP_SCHEMA.empty_table()
-        return pa.concat_tables(self._tables).combine_chunks()
-
-    def report(self, corrupt: list[str]) -> dict:
-        return {
-            "added": self.added,
-            "duplicates_skipped": self.duplicates,
-            "invalid_skipped": self.invalid,
-            "corrupt_parts": sorted({posixpath.basename(p) for p in corrupt}),
-        }
-
-
-class _SeenIds:
-    """Ids already indexed, as sorted runs of fixed-width bytes merged now and then: a batch
-    costs a few binary searches, not a re-sort of every id seen so far."""
-
-    MAX_RUNS = 16
-
-    def __init__(self, ids: np.ndarray | None):
-        self.runs = [np.unique(ids)] if ids is not None and len(ids) else []
-
-    def contains(self, ids: np.ndarray) -> np.ndarray:
-        found = np.zeros(len(ids), dtype=bool)
-        for run in self.runs:
-            pos = np.minimum(np.searchsorted(run, ids), len(run) - 1)
-            found |= run[pos] == ids
-        return found
-
-    def add(self, ids: np.ndarray) -> None:
-        """Ids not seen before (and unique among themselves)."""
-        if len(ids):
-            self.runs.append(np.sort(ids))
-        if len(self.runs) > self.MAX_RUNS:
-            self.runs = [np.sort(np.concatenate(self.runs))]
-
-
-def _vectors(column: pa.Array, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, dim) float32 from a fixed-size-list column, and which rows are usable.
-
-    Null rows, non-finite values and zero vectors are marked unusable.
-    """
-    values = column.values.slice(column.offset * dim, len(column) * dim)
-    vectors = values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-    squared_norms = np.einsum("ij,ij->i", vectors, vectors)  # NaN or inf when any value is
-    valid = np.isfinite(squared_norms) & (squared_norms > 0) & np.asarray(column.is_valid())
-    return vectors, valid
-
-
-def _ids(column) -> np.ndarray:
-    """image_id strings as a fixed-width bytes array (nulls become b'')."""
-    raw = pc.cast(pc.fill_null(column, ""), pa.binary()).to_numpy(zero_copy_only=False)
-    return np.asarray(raw, dtype="S") if len(raw) else np.array([], dtype="S1")
 
 
 def _train(index, plan: IndexPlan, sample: np.ndarray) -> None:

@@ -6,18 +6,18 @@ float); the batched call normalises them on the model's device with the checkpoi
 mean/std. Embedders call the text and vision towers directly rather than `get_*_features` (which
 returns a tensor in transformers 4 and an output object in 5), and load each tower on first use,
 so text search never reads the vision weights. Any load failure becomes one `ModelLoadError` line.
+
+The loading helpers are in vlpipe.models.hf_load, the image preprocessing in
+vlpipe.models.hf_pixels (PixelRecipe is importable from here too).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import os
-import re
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,24 @@ from PIL import Image
 
 from vlpipe.errors import ModelLoadError, VlpipeError
 from vlpipe.models.base import Captioner, Embedder, l2_normalize, resolve_device, resolve_dtype
+from vlpipe.models.hf_load import from_pretrained as _from_pretrained
+from vlpipe.models.hf_load import load_config as _load_config
+from vlpipe.models.hf_load import load_error as _load_error
+from vlpipe.models.hf_load import place as _place
+from vlpipe.models.hf_load import unsupported as _unsupported
+from vlpipe.models.hf_pixels import PixelRecipe
+from vlpipe.models.hf_pixels import pixel_recipe as _pixel_recipe
+
+__all__ = [
+    "CAPTIONERS",
+    "EMBEDDERS",
+    "HFCaptioner",
+    "HFEmbedder",
+    "PixelRecipe",
+    "Towers",
+    "load_hf_captioner",
+    "load_hf_embedder",
+]
 
 #: model_type -> generation class
 CAPTIONERS = {
@@ -67,188 +85,7 @@ EMBEDDERS = {
     ),
 }
 
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype"}
-
-
-# --- loading: names to configs, with one-line errors ----------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """No progress bars or 'unexpected weights' reports while loading one tower of a checkpoint."""
-    from transformers.utils import logging
-
-    level, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-        if bar:
-            logging.enable_progress_bar()
-
-
-def _load_error(name: str, exc: BaseException) -> ModelLoadError:
-    """The one line a user needs, from whatever transformers / huggingface_hub raised."""
-    from huggingface_hub import errors
-
-    causes, cause = [], exc
-    while cause is not None and len(causes) < 10:
-        causes.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    kinds = tuple(type(c) for c in causes)
-    local = "download it elsewhere and pass its local directory"
-    if any(issubclass(k, errors.LocalEntryNotFoundError) for k in kinds):
-        why = f"not a local directory and the Hugging Face hub is unreachable (offline); {local}"
-    elif any(issubclass(k, errors.GatedRepoError) for k in kinds):
-        why = "a gated hub model: accept its terms on huggingface.co and log in (`hf auth login`)"
-    elif any(issubclass(k, errors.RepositoryNotFoundError) for k in kinds):
-        why = "no such local directory or Hugging Face hub model"
-    elif any(issubclass(k, errors.HFValidationError) for k in kinds):
-        why = "neither a local directory nor a valid Hugging Face hub id (org/name)"
-    else:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        why = first[:300]
-    return ModelLoadError(f"cannot load model {name!r}: {why}")
-
-
-def _resolve(name: str) -> str:
-    """A local directory (checked here, for a precise message) or a hub id."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"cannot load model {name!r}: the directory holds no config.json, so it is not a "
-                "transformers checkpoint (save one with save_pretrained)"
-            )
-        return str(path)
-    if path.exists() or name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
-        raise ModelLoadError(
-            f"cannot load model {name!r}: no such directory, and not a Hugging Face hub id "
-            "(org/name); pass a model directory, a hub id or 'mini'"
-        )
-    return name
-
-
-def _load_config(name: str):
-    from transformers import AutoConfig
-
-    location = _resolve(name)
-    try:
-        with _quiet():
-            return location, AutoConfig.from_pretrained(location)
-    except (OSError, ValueError, KeyError) as exc:
-        raise _load_error(name, exc) from exc
-
-
-def _from_pretrained(name: str, loader, *args, **kwargs):
-    """Call a transformers loader, turning its failures into one ModelLoadError line."""
-    try:
-        with _quiet():
-            return loader(*args, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise _load_error(name, exc) from exc
-
-
-def _unsupported(name: str, model_type: str, kind: str, known: dict) -> ModelLoadError:
-    return ModelLoadError(
-        f"cannot load model {name!r}: its model_type {model_type!r} is not a supported {kind} "
-        f"(vlpipe supports {', '.join(sorted(known))}); pick another model or 'mini'"
-    )
-
-
-def _place(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-# --- pixels: PIL resize/crop per image on CPU, normalisation per batch on the device --------------
-
-
-def _size_field(size, key: str) -> int | None:
-    """Read a size dict (transformers 4) or SizeDict (transformers 5)."""
-    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-    return int(value) if value else None
-
-
-@dataclass(frozen=True)
-class PixelRecipe:
-    """A checkpoint's image preprocessing, split into a CPU half (uint8) and a device half."""
-
-    square: tuple[int, int] | None  # (width, height) of a plain resize (BLIP, SigLIP, ViT)
-    shortest_edge: int | None  # or: shortest side to this, keeping aspect (CLIP, GIT)
-    crop: tuple[int, int] | None  # then a center crop to (width, height)
-    resample: int
-    scale: float | None
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
-
-    @classmethod
-    def from_processor(cls, processor, name: str) -> PixelRecipe:
-        size, crop = processor.size, getattr(processor, "crop_size", None)
-        height, width = _size_field(size, "height"), _size_field(size, "width")
-        shortest = _size_field(size, "shortest_edge")
-        use_crop = bool(getattr(processor, "do_center_crop", False)) and crop is not None
-        crop_wh = (_size_field(crop, "width"), _size_field(crop, "height")) if use_crop else None
-        fixed = (height and width) or (shortest and crop_wh and all(crop_wh))
-        if not getattr(processor, "do_resize", True) or not fixed:
-            raise ModelLoadError(
-                f"cannot load model {name!r}: its image processor ({type(processor).__name__}, "
-                f"size {size}) does not give fixed-size images; vlpipe needs a resize to "
-                "height/width or to a shortest edge plus a center crop"
-            )
-        normalize = getattr(processor, "do_normalize", True)
-        return cls(
-            square=(width, height) if height and width else None,
-            shortest_edge=None if height and width else shortest,
-            crop=crop_wh,
-            resample=int(getattr(processor, "resample", Image.Resampling.BICUBIC)),
-            scale=processor.rescale_factor if getattr(processor, "do_rescale", True) else None,
-            mean=tuple(processor.image_mean) if normalize else None,
-            std=tuple(processor.image_std) if normalize else None,
-        )
-
-    @property
-    def image_size(self) -> int:
-        """The shortest source side that needs no upscaling (what decode drafts JPEGs to)."""
-        return self.shortest_edge or max(self.square)
-
-    def to_uint8(self, image: Image.Image) -> torch.Tensor:
-        """One image to a uint8 (3, H, W) tensor, resized and cropped like the processor does."""
-        image = image if image.mode == "RGB" else image.convert("RGB")
-        if self.square:
-            image = image.resize(self.square, resample=self.resample)
-        else:
-            w, h = image.size
-            short = self.shortest_edge
-            new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-            image = image.resize(new, resample=self.resample)
-        if self.crop:
-            w, h = image.size
-            left, top = (w - self.crop[0]) // 2, (h - self.crop[1]) // 2
-            image = image.crop((left, top, left + self.crop[0], top + self.crop[1]))
-        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-    def normalize(self, pixels: torch.Tensor, device: torch.device, dtype: torch.dtype):
-        """A uint8 batch to the model's input on the device: ((x * scale) - mean) / std, folded
-        into one in-place multiply-add per channel (x * a + b) in float32, then cast."""
-        scale = self.scale if self.scale is not None else 1.0
-        mean = torch.tensor(self.mean or (0.0, 0.0, 0.0), dtype=torch.float64)
-        std = torch.tensor(self.std or (1.0, 1.0, 1.0), dtype=torch.float64)
-        a, b = (scale / std).float().view(1, -1, 1, 1), (-mean / std).float().view(1, -1, 1, 1)
-        x = pixels.to(device, non_blocking=True).to(torch.float32)
-        return x.mul_(a.to(device)).add_(b.to(device)).to(dtype)
-
-    def describe(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-def _pixel_recipe(name: str, location: str) -> PixelRecipe:
-    from transformers import AutoImageProcessor
-
-    processor = _from_pretrained(name, AutoImageProcessor.from_pretrained, location)
-    return PixelRecipe.from_processor(processor, name)
 
 
 # --- captioners -----------------------------------------------------------------------------------

@@ -34,8 +34,10 @@ class ShardSpec:
 
     @property
     def key(self) -> str:
-        """The slot's stable name: done markers and part names derive from it."""
-        return hashlib.sha1(f"{self.kind}\n{self.first}".encode()).hexdigest()[:20]
+        """The spec's name, from where it starts and what it holds: its done marker is named by
+        it, so a marker is never replaced by one for other content."""
+        blob = f"{self.kind}\n{self.first}\n{self.digest}"
+        return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
     def without_uris(self, url: str | None = None) -> ShardSpec:
         return replace(self, uris=(), url=url if url is not None else self.url)

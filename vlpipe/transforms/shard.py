@@ -14,6 +14,8 @@ pool a bounded number of images ahead of the model; a part is written every `sha
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -142,22 +144,22 @@ class _Parts:
         self.batch: list[tuple[Record, PreparedImage]] = []
         self.results: list[dict] = []
         self.failures: list[dict] = []
-        self.inputs = 0
-        self.seq = 0
+        self.ids: list[str] = []
+        self.parts_written = 0
 
     def add(self, record: Record, item: PreparedImage | dict) -> None:
-        self.inputs += 1
+        self.ids.append(record.image_id)
         if isinstance(item, PreparedImage):
             self.batch.append((record, item))
             if len(self.batch) >= self.handler.max_batch_size:
                 self._infer()
         else:
             self.failures.append(item)
-        if self.inputs >= self.options.shard_size:
+        if len(self.ids) >= self.options.shard_size:
             self._write()
 
     def close(self) -> None:
-        if self.inputs or self.seq == 0:  # a spec with no input still gets its marker
+        if self.ids:
             self._write()
 
     def _infer(self) -> None:
@@ -183,14 +185,13 @@ class _Parts:
         opts = self.options
         written = write_chunk(
             self.run,
-            part_name(self.spec.key, self.spec.digest, self.seq),
+            part_name(self.spec.key, self.ids),
             results_table(self.results, opts.dim, opts.float16),
             failures_table(self.failures),
         )
         for sub in (PARTS, FAILED):
             self.written[sub].update(written[sub])
-        self.results, self.failures, self.inputs = [], [], 0
-        self.seq += 1
+        self.results, self.failures, self.ids = [], [], []
         self.run.write_progress(self.spec.key, len(self.tally.seen))
         self.clock["write_s"] += time.perf_counter() - start
 
@@ -212,6 +213,7 @@ def _marker(spec: ShardSpec, tally: _Tally, written: dict, clock: Counter) -> di
         "processed": len(tally.seen) - counts["held"],
         "duplicates": counts["duplicates"],
         "reasons": dict(tally.reasons),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
         "parts": {**{n: None for n in tally.kept[PARTS]}, **written[PARTS]},
         "failed_parts": {**{n: None for n in tally.kept[FAILED]}, **written[FAILED]},
         **{k: round(v, 3) for k, v in clock.items()},

@@ -1,13 +1,15 @@
 """Build a shard's result and failure tables, write them atomically, then its done marker.
 
-A part's name is derived from the spec it came from (its key, its content digest and the part's
-sequence number in it), so a Beam retry of the same spec rewrites the same files, and a part that
-no marker names is known to be the leftover of an interrupted spec.
+A part's name is derived from the spec it came from and the ids it holds, so a Beam retry of the
+same spec rewrites the same files, and a part that no marker names is known to be the leftover of
+an interrupted spec.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -15,11 +17,14 @@ import pyarrow as pa
 from vlpipe.rundir import FAILED, PARTS, RunDir, write_table_atomic
 from vlpipe.schema import FAILED_SCHEMA, result_schema
 
-PART_NAME = re.compile(r"^part-[0-9a-f]{20}-[0-9a-f]{8}-\d{5}\.parquet$")
+PART_NAME = re.compile(r"^part-[0-9a-f]{20}-[0-9a-f]{12}\.parquet$")
 
 
-def part_name(key: str, digest: str, seq: int) -> str:
-    return f"part-{key}-{digest[:8]}-{seq:05d}.parquet"
+def part_name(key: str, image_ids: Sequence[str]) -> str:
+    """The spec's key and a digest of the chunk's ids: a Beam retry of a chunk rewrites the same
+    file, and a redo that skips what an earlier attempt wrote never overwrites that part."""
+    digest = hashlib.sha1("\n".join(sorted(image_ids)).encode()).hexdigest()[:12]
+    return f"part-{key}-{digest}.parquet"
 
 
 def is_part_name(name: str) -> bool:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlpipe.eval.metrics import tokenize
 from vlpipe.models.mini.decoding import BOS, EOS, PAD, UNK, beam_search
+from vlpipe.models.tokenize import tokenize
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 

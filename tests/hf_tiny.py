@@ -5,6 +5,9 @@ built here: tiny ones (32 wide, 2 layers, 64 px) for tests and the demo fallback
 BLIP-base / CLIP ViT-B/32 architectures (random weights) for honest GPU cost measurements. Each
 builder writes a directory that `from_pretrained` (and vlpipe's registry) loads like a hub download,
 and returns its path. A fixed seed makes a builder give the same weights on every call.
+
+A test and benchmark helper, so it lives in tests/ rather than the vlpipe package: the tests and
+bench/ (run from the repository root) import it as `tests.hf_tiny`.
 """
 
 from __future__ import annotations

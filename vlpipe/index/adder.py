@@ -1,0 +1,115 @@
+"""Adding a run's record batches to a FAISS index: valid vectors only, each image_id once.
+
+Split out of build.py, which decides what to build and which parts to read; this module is the
+per-batch work (Arrow buffers to NumPy, never Python objects per row) and the id map it grows.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vlpipe.index.store import IDMAP_COLUMNS
+
+IDMAP_SCHEMA = pa.schema(
+    [("image_id", pa.string()), ("uri", pa.string()), ("caption", pa.string())]
+)
+
+
+class Adder:
+    """Adds record batches to an index: drops invalid rows and ids already indexed."""
+
+    def __init__(self, index, gt, ids: pa.ChunkedArray | None, dim: int, idmap=None):
+        self.index, self.gt, self.dim = index, gt, dim
+        self._seen = SeenIds(id_bytes(ids) if ids is not None else None)
+        self._tables = [idmap] if idmap is not None else []
+        self.added = self.duplicates = self.invalid = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        import faiss
+
+        vectors, valid = valid_vectors(batch.column("embedding"), self.dim)
+        id_col = batch.column("image_id")
+        valid &= np.asarray(id_col.is_valid())
+        self.invalid += int((~valid).sum())
+        keep = valid & self._unseen(id_bytes(id_col), valid)
+        self.duplicates += int((valid & ~keep).sum())
+        if not keep.any():
+            return
+        vectors = np.ascontiguousarray(vectors[keep])
+        faiss.normalize_L2(vectors)
+        first = self.index.ntotal
+        self.index.add(vectors)
+        if self.gt is not None:
+            self.gt.add(vectors, first)
+        rows = batch.select(IDMAP_COLUMNS).filter(pa.array(keep))
+        self._tables.append(pa.Table.from_batches([rows]).cast(IDMAP_SCHEMA))
+        self.added += len(vectors)
+
+    def _unseen(self, ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """First occurrences of ids not indexed before; records them as seen."""
+        keep = np.zeros(len(ids), dtype=bool)
+        rows = np.flatnonzero(valid)
+        _, first = np.unique(ids[rows], return_index=True)
+        keep[rows[first]] = True
+        keep &= ~self._seen.contains(ids)
+        self._seen.add(ids[keep])
+        return keep
+
+    def idmap(self) -> pa.Table:
+        if not self._tables:
+            return IDMAP_SCHEMA.empty_table()
+        return pa.concat_tables(self._tables).combine_chunks()
+
+    def report(self, corrupt: list[str]) -> dict:
+        return {
+            "added": self.added,
+            "duplicates_skipped": self.duplicates,
+            "invalid_skipped": self.invalid,
+            "corrupt_parts": sorted({posixpath.basename(p) for p in corrupt}),
+        }
+
+
+class SeenIds:
+    """Ids already indexed, as sorted runs of fixed-width bytes merged now and then: a batch
+    costs a few binary searches, not a re-sort of every id seen so far."""
+
+    MAX_RUNS = 16
+
+    def __init__(self, ids: np.ndarray | None):
+        self.runs = [np.unique(ids)] if ids is not None and len(ids) else []
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(ids), dtype=bool)
+        for run in self.runs:
+            pos = np.minimum(np.searchsorted(run, ids), len(run) - 1)
+            found |= run[pos] == ids
+        return found
+
+    def add(self, ids: np.ndarray) -> None:
+        """Ids not seen before (and unique among themselves)."""
+        if len(ids):
+            self.runs.append(np.sort(ids))
+        if len(self.runs) > self.MAX_RUNS:
+            self.runs = [np.sort(np.concatenate(self.runs))]
+
+
+def valid_vectors(column: pa.Array, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, dim) float32 from a fixed-size-list column, and which rows are usable.
+
+    Null rows, non-finite values and zero vectors are marked unusable.
+    """
+    values = column.values.slice(column.offset * dim, len(column) * dim)
+    vectors = values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    squared_norms = np.einsum("ij,ij->i", vectors, vectors)  # NaN or inf when any value is
+    valid = np.isfinite(squared_norms) & (squared_norms > 0) & np.asarray(column.is_valid())
+    return vectors, valid
+
+
+def id_bytes(column) -> np.ndarray:
+    """image_id strings as a fixed-width bytes array (nulls become b'')."""
+    raw = pc.cast(pc.fill_null(column, ""), pa.binary()).to_numpy(zero_copy_only=False)
+    return np.asarray(raw, dtype="S") if len(raw) else np.array([], dtype="S1")

@@ -1,0 +1,102 @@
+"""Image preprocessing for vlpipe.models.hf: PIL resize/crop per image on CPU (in the decode
+threads, uint8), normalisation per batch on the model's device with the checkpoint's mean/std.
+
+Split out of hf.py because it is the one part shared unchanged by captioners and embedders, and
+it is what decode drafts JPEGs for (`PixelRecipe.image_size`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlpipe.errors import ModelLoadError
+from vlpipe.models.hf_load import from_pretrained
+
+
+def _size_field(size, key: str) -> int | None:
+    """Read a size dict (transformers 4) or SizeDict (transformers 5)."""
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
+@dataclass(frozen=True)
+class PixelRecipe:
+    """A checkpoint's image preprocessing, split into a CPU half (uint8) and a device half."""
+
+    square: tuple[int, int] | None  # (width, height) of a plain resize (BLIP, SigLIP, ViT)
+    shortest_edge: int | None  # or: shortest side to this, keeping aspect (CLIP, GIT)
+    crop: tuple[int, int] | None  # then a center crop to (width, height)
+    resample: int
+    scale: float | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+    @classmethod
+    def from_processor(cls, processor, name: str) -> PixelRecipe:
+        size, crop = processor.size, getattr(processor, "crop_size", None)
+        height, width = _size_field(size, "height"), _size_field(size, "width")
+        shortest = _size_field(size, "shortest_edge")
+        use_crop = bool(getattr(processor, "do_center_crop", False)) and crop is not None
+        crop_wh = (_size_field(crop, "width"), _size_field(crop, "height")) if use_crop else None
+        fixed = (height and width) or (shortest and crop_wh and all(crop_wh))
+        if not getattr(processor, "do_resize", True) or not fixed:
+            raise ModelLoadError(
+                f"cannot load model {name!r}: its image processor ({type(processor).__name__}, "
+                f"size {size}) does not give fixed-size images; vlpipe needs a resize to "
+                "height/width or to a shortest edge plus a center crop"
+            )
+        normalize = getattr(processor, "do_normalize", True)
+        return cls(
+            square=(width, height) if height and width else None,
+            shortest_edge=None if height and width else shortest,
+            crop=crop_wh,
+            resample=int(getattr(processor, "resample", Image.Resampling.BICUBIC)),
+            scale=processor.rescale_factor if getattr(processor, "do_rescale", True) else None,
+            mean=tuple(processor.image_mean) if normalize else None,
+            std=tuple(processor.image_std) if normalize else None,
+        )
+
+    @property
+    def image_size(self) -> int:
+        """The shortest source side that needs no upscaling (what decode drafts JPEGs to)."""
+        return self.shortest_edge or max(self.square)
+
+    def to_uint8(self, image: Image.Image) -> torch.Tensor:
+        """One image to a uint8 (3, H, W) tensor, resized and cropped like the processor does."""
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        if self.square:
+            image = image.resize(self.square, resample=self.resample)
+        else:
+            w, h = image.size
+            short = self.shortest_edge
+            new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+            image = image.resize(new, resample=self.resample)
+        if self.crop:
+            w, h = image.size
+            left, top = (w - self.crop[0]) // 2, (h - self.crop[1]) // 2
+            image = image.crop((left, top, left + self.crop[0], top + self.crop[1]))
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+    def normalize(self, pixels: torch.Tensor, device: torch.device, dtype: torch.dtype):
+        """A uint8 batch to the model's input on the device: ((x * scale) - mean) / std, folded
+        into one in-place multiply-add per channel (x * a + b) in float32, then cast."""
+        scale = self.scale if self.scale is not None else 1.0
+        mean = torch.tensor(self.mean or (0.0, 0.0, 0.0), dtype=torch.float64)
+        std = torch.tensor(self.std or (1.0, 1.0, 1.0), dtype=torch.float64)
+        a, b = (scale / std).float().view(1, -1, 1, 1), (-mean / std).float().view(1, -1, 1, 1)
+        x = pixels.to(device, non_blocking=True).to(torch.float32)
+        return x.mul_(a.to(device)).add_(b.to(device)).to(dtype)
+
+    def describe(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def pixel_recipe(name: str, location: str) -> PixelRecipe:
+    from transformers import AutoImageProcessor
+
+    processor = from_pretrained(name, AutoImageProcessor.from_pretrained, location)
+    return PixelRecipe.from_processor(processor, name)

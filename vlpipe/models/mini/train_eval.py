@@ -1,0 +1,77 @@
+"""Stage 4 of `vlpipe train`: dev-split recall, BLEU-4 and CIDEr of the saved model, and the
+default beam width they pick, recorded in the model's config.
+
+Split out of train.py, which runs the stages in order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from vlpipe.models.mini.data import Corpus
+from vlpipe.models.mini.train_caption import tower_grids
+from vlpipe.models.mini.train_common import Features, TrainOptions, fmt
+
+
+def evaluate(
+    model_dir: str,
+    corpus: Corpus,
+    dev_idx: list[int],
+    feats: Features,
+    opts: TrainOptions,
+    log: Callable[[str], None],
+) -> dict:
+    """Dev metrics of the saved model (fp16 weights as shipped), from the cached tower features;
+    sets the model's default beam width to the one with the best dev CIDEr."""
+    from vlpipe.eval.metrics import caption_scores, retrieval_recalls
+    from vlpipe.models.mini.model import MiniModel
+
+    model = MiniModel.load(model_dir, device="cpu", precision="fp32")
+    tower = model.tower()
+    grids = tower_grids(tower, opts.tail_stage, feats.grid_in[dev_idx]).float()
+    image = model.embed_grid(grids)
+    rows = [
+        (r, int(feats.first_caption[i]) + j)
+        for r, i in enumerate(dev_idx)
+        for j in range(int(feats.n_captions[i]))
+    ]
+    with torch.no_grad():  # the cached MiniLM features, through the saved text head
+        text = model.heads.text(feats.text[[c for _, c in rows]].float()).numpy()
+    metrics = retrieval_recalls(text, image, np.array([r for r, _ in rows]))
+    refs = {str(r): corpus.captions[i] for r, i in enumerate(dev_idx)}
+    by_beam = {}
+    for beams in opts.beams:
+        model.num_beams = beams
+        out = []
+        for s in range(0, len(grids), 100):
+            out += model.captions_from_grid(grids[s : s + 100])
+        by_beam[beams] = caption_scores({str(r): c for r, c in enumerate(out)}, refs)
+        log(f"dev captions, beams {beams}: {fmt(by_beam[beams])}; e.g. {out[0]!r}")
+    best_beams = max(by_beam, key=lambda b: by_beam[b]["cider"])
+    metrics.update(by_beam[best_beams])
+    metrics.update(
+        num_beams=best_beams,
+        n_images=len(dev_idx),
+        by_beams={str(b): s for b, s in by_beam.items()},
+    )
+    log(f"dev ({len(dev_idx)} images): {fmt(metrics)}")
+    return metrics
+
+
+def record_metrics(model_dir: str, metrics: dict) -> None:
+    """Store the dev metrics and the chosen beam width in the model's config."""
+    import json
+
+    from vlpipe.models.mini import CONFIG_NAME
+
+    path = os.path.join(model_dir, CONFIG_NAME)
+    with open(path) as f:
+        config = json.load(f)
+    config["num_beams"] = metrics["num_beams"]
+    config["dev_metrics"] = metrics
+    with open(path, "w") as f:
+        json.dump(config, f, indent=1)
