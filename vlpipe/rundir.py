@@ -111,14 +111,21 @@ class RunDir:
     ) -> Iterator[pa.RecordBatch]:
         """Record batches of `columns` from every readable part, in part order, bounded memory."""
         for path in self.failed_parts() if failed else self.parts():
-            pf = self.open_part(path)
-            if pf is None:
-                continue
-            try:
-                yield from pf.iter_batches(batch_size=batch_size, columns=columns)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("skipping corrupt part %s: %s", path, exc)
-                self.corrupt.append(path)
+            yield from self.iter_part_batches(path, columns, batch_size)
+
+    def iter_part_batches(
+        self, path: str, columns: list[str], batch_size: int = 65536
+    ) -> Iterator[pa.RecordBatch]:
+        """One part's record batches; a part that is or turns out corrupt is skipped, noted in
+        `corrupt` and logged (the batches it gave before breaking have been yielded)."""
+        pf = self.open_part(path)
+        if pf is None:
+            return
+        try:
+            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+        except Exception as exc:  # noqa: BLE001 - any unreadable part is reported, not fatal
+            log.warning("skipping corrupt part %s: %s", path, exc)
+            self.corrupt.append(path)
 
     # ---- done markers, progress and plan pages ------------------------------------------------
 
