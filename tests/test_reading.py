@@ -1,6 +1,7 @@
-"""Planning and reading inputs (vlpipe.reading): directories, globs, pages, manifests, braces.
+"""Planning and reading inputs (vlpipe.reading): directories, globs, pages and manifests, over
+real files, real fsspec filesystems and real Parquet/CSV/JSONL.
 
-Real files, real fsspec filesystems, real Parquet/CSV/JSONL. Tar shards: test_reading_tars.py.
+Tar shards, brace ranges and read errors: test_reading_tars.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import fsspec
@@ -21,7 +21,6 @@ from PIL import Image
 
 from tests import hostile
 from vlpipe.errors import VlpipeError
-from vlpipe.reading.braces import expand_braces
 from vlpipe.reading.files import ReadError, read_bytes
 from vlpipe.reading.plan import plan
 from vlpipe.reading.records import spec_records
@@ -38,15 +37,6 @@ def png(seed: int = 0, size=(8, 6)) -> bytes:
 def write(path: Path, data: bytes = b"") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data or png())
-    return path
-
-
-def make_tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
-    with tarfile.open(path, mode) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
     return path
 
 
@@ -113,15 +103,12 @@ def test_hidden_names_are_skipped_but_a_hidden_source_folder_is_not(photos, tmp_
     assert page_uris(tmp_path / ".data" / "*" / "*.jpg") == [str(inside)]
 
 
-def test_relative_directory_gives_absolute_uris(photos, monkeypatch):
+def test_relative_and_file_url_directories_give_absolute_uris(photos, monkeypatch):
     monkeypatch.chdir(photos.parent)
     got = page_uris("photos")
     assert got == [str(photos / e) for e in PHOTOS] and all(os.path.isabs(u) for u in got)
     assert page_uris("photos/sub/*.TIFF") == [str(photos / "sub/d.TIFF")]
-
-
-def test_file_url_directory(photos):
-    assert page_uris(f"file://{photos}") == [str(photos / e) for e in PHOTOS]
+    assert page_uris(f"file://{photos}") == got
 
 
 def test_local_globs(photos):
@@ -174,7 +161,9 @@ def test_pages_are_sorted_cover_every_image_once_and_cut_by_name(tmp_path):
     assert len({s.key for s in specs}) == len(specs)
 
 
-@pytest.mark.parametrize("added", ["a/000.jpg", "m/150x.jpg", "m/299x.jpg", "zz.png", "m/077.5.jpg"])
+@pytest.mark.parametrize(
+    "added", ["a/000.jpg", "m/150x.jpg", "m/299x.jpg", "zz.png", "m/077.5.jpg"]
+)
 def test_pages_are_content_defined(added):
     fs = fsspec.filesystem("memory")  # a fixed root: the page cuts are the same every run
     root = "/vlpipe-test-pages"
@@ -343,68 +332,6 @@ def test_glob_of_manifests_plans_all_of_them(tmp_path):
     ]
 
 
-# ---- brace ranges -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "pattern, names",
-    [
-        ("s/{00000..00002}.tar", ["s/00000.tar", "s/00001.tar", "s/00002.tar"]),
-        ("{8..11}", ["8", "9", "10", "11"]),
-        ("{08..10}", ["08", "09", "10"]),
-        ("{2..0}", ["2", "1", "0"]),
-        ("{a,b}-{0..1}", ["a-0", "a-1", "b-0", "b-1"]),
-        ("{a,{b,c}}", ["a", "b", "c"]),
-        ("plain.tar", ["plain.tar"]),
-    ],
-)
-def test_expand_braces(pattern, names):
-    assert expand_braces(pattern) == names
-
-
-@pytest.mark.parametrize(
-    "pattern", ["s/{0..}.tar", "s/{a..b}.tar", "s/{}.tar", "s/{0..3.tar", "s/0..3}.tar"]
-)
-def test_malformed_brace_range(tmp_path, pattern):
-    with pytest.raises(VlpipeError, match="malformed brace range"):
-        list(plan(str(tmp_path / pattern), 16))
-
-
-def test_literal_braces_in_an_existing_name(tmp_path):
-    path = write(tmp_path / "odd {name}.jpg")
-    assert page_uris(path) == [str(path)]
-
-
-# ---- read errors ------------------------------------------------------------------------------
-
-
-def read_reason(uri: str, **kw) -> str:
-    with pytest.raises(ReadError) as info:
-        read_bytes(uri, **kw)
-    assert str(info.value) and "\n" not in str(info.value)
-    return info.value.reason
-
-
-def test_read_errors(tmp_path):
-    path = write(tmp_path / "a.png", png(1, (64, 64)))
-    assert read_reason(str(tmp_path / "missing.jpg")) == "missing"
-    assert read_reason(str(tmp_path)) == "not-a-file"
-    assert read_reason("nosuchprotocol://bucket/x.jpg") == "bad-uri"
-    assert read_reason("memory:///vlpipe-test-nothing/x.jpg") == "missing"
-    assert read_reason(str(path), max_bytes=10) == "too-large"
-    assert read_bytes(str(path), max_bytes=10_000) == path.read_bytes()
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: root can read a chmod-000 file")
-def test_unreadable_file_is_a_read_error(tmp_path):
-    path = write(tmp_path / "locked.jpg")
-    path.chmod(0)
-    try:
-        assert read_reason(str(path)) == "permission-denied"
-    finally:
-        path.chmod(0o644)
-
-
 # ---- user errors: one line each, at planning --------------------------------------------------
 
 
@@ -451,3 +378,12 @@ def test_manifest_column_without_strings_fails_in_the_worker(tmp_path):
     [record] = records(tmp_path / "lists.parquet")
     assert record.uri == str(tmp_path / "lists.parquet") and record.data is None
     assert record.failure[0] == "bad-manifest" and "does not hold strings" in record.failure[1]
+
+
+def test_manifest_broken_mid_read_ends_with_a_failure_record(tmp_path):
+    path = tmp_path / "late.jsonl"
+    path.write_text('{"uri": "a.jpg"}\n' * 300_000 + "not json\n")
+    got = records(path)
+    assert 0 < len(got) - 1 < 300_000 and {r.uri for r in got[:-1]} == {str(tmp_path / "a.jpg")}
+    assert got[-1].uri == str(path) and got[-1].failure[0] == "bad-manifest"
+    assert "JSON parse error" in got[-1].failure[1] and "\n" not in got[-1].failure[1]

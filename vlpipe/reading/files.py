@@ -78,7 +78,8 @@ def read_error(exc: BaseException, uri: str) -> ReadError:
 
 def public(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """How a uri looks in results: an absolute path for local files, else a full URL."""
-    if isinstance(fs, LocalFileSystem):
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if isinstance(fs, LocalFileSystem) and "file" in protocols:
         return os.path.abspath(path)
     return fs.unstrip_protocol(path)
 

@@ -40,6 +40,7 @@ def tar_records(url: str) -> Iterator[Record]:
                 for record in _samples(tar, url):
                     count += isinstance(record.data, bytes)
                     yield record
+                _check_complete(tar, getattr(f, "size", None))
     except Exception as exc:  # noqa: BLE001 - whatever breaks the tar fails the tar, not the run
         after = f" after {count} images" if count else ""
         message = f"cannot read tar shard {url}{after}: {one_line(exc)}"
@@ -47,24 +48,40 @@ def tar_records(url: str) -> Iterator[Record]:
 
 
 def _samples(tar: tarfile.TarFile, url: str) -> Iterator[Record]:
+    """Samples as their keys end; the images of the last sample are emitted also when the tar
+    breaks inside it (then the error is raised)."""
     key, images, texts = None, [], {}
-    for m in tar:
-        base = posixpath.basename(m.name)
-        if not m.isfile() or hidden(base) or "." not in base:
-            continue
-        member_key, suffix = member_key_of(m.name)
-        if member_key != key:
-            yield from _emit(url, images, texts)
-            key, images, texts = member_key, [], {}
-        kind = suffix.rsplit(".", 1)[-1]
-        if kind in IMAGE_EXTENSIONS:
-            images.append((m.name, _member_bytes(tar, m, url)))
-        elif suffix in ("txt", "json"):
-            texts[suffix] = _member_bytes(tar, m, url, limit=1 << 20)
-        if images and isinstance(images[-1][1], ReadError) and images[-1][1].reason == "truncated":
-            yield from _emit(url, images, texts)  # the tar ends inside this member
-            raise tarfile.ReadError(f"unexpected end of data in {m.name}")
+    try:
+        for m in tar:
+            base = posixpath.basename(m.name)
+            if not m.isfile() or hidden(base) or "." not in base:
+                continue
+            member_key, suffix = member_key_of(m.name)
+            if member_key != key:
+                yield from _emit(url, images, texts)
+                key, images, texts = member_key, [], {}
+            if suffix.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+                images.append((m.name, _member_bytes(tar, m, url)))
+            elif suffix in ("txt", "json"):
+                texts[suffix] = _member_bytes(tar, m, url, limit=1 << 20)
+            cut = next((d for _, d in images if getattr(d, "reason", "") == "truncated"), None)
+            if cut is not None:
+                raise tarfile.ReadError(f"unexpected end of data in {m.name}")
+    except Exception:
+        yield from _emit(url, images, texts)
+        raise
     yield from _emit(url, images, texts)
+
+
+def _check_complete(tar: tarfile.TarFile, size: int | None) -> None:
+    """tarfile takes a header cut short for the end of the archive; a plain tar that really
+    ends has its two zero blocks after the last member, so a shorter file was cut."""
+    if size is None or tar.fileobj is None or "gz" in type(tar.fileobj).__name__.lower():
+        return
+    if isinstance(tar.fileobj, tarfile._Stream) and tar.fileobj.comptype != "tar":
+        return  # compressed: the decompressor reports a cut stream itself
+    if tar.offset + 2 * tarfile.BLOCKSIZE > size:
+        raise tarfile.ReadError(f"the tar ends inside a member header (at byte {size})")
 
 
 def _emit(url: str, images: list, texts: dict) -> Iterator[Record]:
