@@ -16,7 +16,7 @@ from tests.conftest import flickr_split
 from vlpipe.cli import main
 from vlpipe.models import registry
 from vlpipe.models.mini import CONFIG_NAME
-from vlpipe.models.mini.data import load_corpus
+from vlpipe.train.data import load_corpus
 
 
 def _small_corpus(flickr: Path, dest: Path, n_train: int, n_dev: int) -> Path:

@@ -92,3 +92,53 @@ def test_s3_listings_see_parts_written_by_other_processes(s3_server):  # noqa: F
     write_table_atomic(other_process, "listing/out/parts/part-2.parquet", table)
     assert len(launcher.parts()) == 2
     assert launcher.image_ids() == {"a"}
+
+
+def test_s3_listing_is_paged_and_streamed(s3_server):  # noqa: F811
+    """2,345 objects: more than one ListObjectsV2 page of 1,000 keys; every image lands in
+    exactly one page spec, in key order, and a hidden object is skipped."""
+    from vlpipe.reading.plan import plan
+
+    fs = s3_server.fs()
+    fs.mkdir("paged")
+    names = [f"d{i % 3}/img-{i:05d}.jpg" for i in range(2345)]
+    fs.pipe({f"paged/many/{n}": b"x" for n in names} | {"paged/many/.hidden.jpg": b"x"})
+    specs = list(plan("s3://paged/many/", 100))
+    uris = [u for s in specs for u in s.uris]
+    assert uris == sorted(f"s3://paged/many/{n}" for n in names)
+    assert sum(s.count for s in specs) == 2345 and len(specs) > 10
+    assert all(s.first == s.uris[0] and s.last == s.uris[-1] for s in specs)
+    globbed = list(plan("s3://paged/many/d1/*.jpg", 100))
+    assert sum(s.count for s in globbed) == len([n for n in names if n.startswith("d1/")])
+
+
+def test_s3_tar_shards_stream_into_parts(tiny, s3_server):  # noqa: F811
+    """WebDataset tars on S3: each read once, sequentially, by a worker, a part every shard-size
+    images; the rerun skips the done tars without opening them."""
+    import io
+    import tarfile
+
+    fs = s3_server.fs()
+    fs.mkdir("tars")
+    uris = []
+    for t in range(2):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for i in range(9):
+                for name, data in (
+                    (f"{t}{i:03d}.jpg", image_bytes((60, 40 + i), "JPEG", 10 * t + i)),
+                    (f"{t}{i:03d}.txt", f"tar {t} sample {i}".encode()),
+                ):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        fs.pipe(f"tars/shards/{t:05d}.tar", buf.getvalue())
+        uris += [f"s3://tars/shards/{t:05d}.tar#{t}{i:03d}.jpg" for i in range(9)]
+    out = "s3://tars/out"
+    summary = run(config(tiny, "s3://tars/shards/{00000..00001}.tar", out, shard_size=4))
+    assert summary.ok and (summary.seen, summary.written) == (18, 18)
+    assert len(s3_server.fs().glob("tars/out/parts/part-*.parquet")) == 6  # 4 + 4 + 1 per tar
+    rows, _ = assert_exactly_once(out, uris)
+    assert {r["text"] for r in rows} == {f"tar {t} sample {i}" for t in range(2) for i in range(9)}
+    again = run(config(tiny, "s3://tars/shards/*.tar", out, shard_size=4))
+    assert again.ok and again.processed == 0 and again.written == 18

@@ -98,7 +98,7 @@ def command(
 ) -> None:
     """Cache tower features, train the joint embedding and the captioner, evaluate on dev."""
     from vlpipe.errors import VlpipeError
-    from vlpipe.models.mini.train import TrainOptions, train
+    from vlpipe.train.run import TrainOptions, train
 
     try:
         beam_list = sorted({int(b) for b in beams.split(",")})

@@ -253,16 +253,9 @@ class _Job:
             )
 
     def _batches(self, name: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
-        """Record batches of one part; a part that breaks mid-way is reported, not fatal."""
-        path = self.run.join(PARTS, name)
-        pf = self.run.open_part(path)
-        if pf is None:
-            return
-        try:
-            yield from pf.iter_batches(batch_size=BATCH_ROWS, columns=columns)
-        except (OSError, pa.ArrowException) as exc:
-            log.warning("skipping the rest of corrupt part %s: %s", path, exc)
-            self.run.corrupt.append(path)
+        """Record batches of one part; a part that is or turns out corrupt is noted in
+        `run.corrupt` and logged by RunDir, not fatal (its earlier batches are still yielded)."""
+        return self.run.iter_part_batches(self.run.join(PARTS, name), columns, BATCH_ROWS)
 
     def _sample(self, counts: dict[str, int], size: int) -> np.ndarray:
         """`size` vectors drawn uniformly from the parts (one pass over the embedding column)."""

@@ -9,8 +9,8 @@
    stopping on the held-out slice's loss.
 4. Save, then report dev-split recall, BLEU-4 and CIDEr.
 
-This module is the driver; stage 2 is in train_embed, stage 3 in train_caption, stage 4 in
-train_eval, and the options and helpers they share in train_common.
+This module is the driver; stage 1 is in cache, stage 2 in embed, stage 3 in caption, stage 4 in
+evaluate, and the options and helpers they share in common.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from vlpipe.models.mini import cache
-from vlpipe.models.mini.data import Corpus, load_corpus
 from vlpipe.models.mini.efficientnet import STAGES, EfficientNetLite0
 from vlpipe.models.mini.fusion import Vocab
 from vlpipe.models.mini.model import save_model
-from vlpipe.models.mini.train_caption import fit_captioner, tower_grids
-from vlpipe.models.mini.train_common import Features, TrainOptions, fmt
-from vlpipe.models.mini.train_embed import augment, fit_embedding, recall_on
-from vlpipe.models.mini.train_eval import evaluate, record_metrics
+from vlpipe.train import cache
+from vlpipe.train.caption import fit_captioner, tower_grids
+from vlpipe.train.common import Features, TrainOptions, fmt
+from vlpipe.train.data import Corpus, load_corpus
+from vlpipe.train.embed import augment, fit_embedding, recall_on
+from vlpipe.train.evaluate import evaluate, record_metrics
 
 
 def train(

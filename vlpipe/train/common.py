@@ -1,7 +1,7 @@
 """Options, cached features and small helpers shared by the stages of `vlpipe train`.
 
-A module of its own so the stage modules (train_embed, train_caption, train_eval) need not import
-the driver (train.py), which imports them.
+A module of its own so the stage modules (embed, caption, evaluate) need not import the driver
+(run.py), which imports them.
 """
 
 from __future__ import annotations

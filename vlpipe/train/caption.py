@@ -1,7 +1,7 @@
 """Stage 3 of `vlpipe train`: the caption decoder on the adapted tower's grids, teacher forcing
 with label smoothing, early-stopped on the held-out loss.
 
-Split out of train.py, which runs the stages in order.
+Split out of run.py, which runs the stages in order.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from vlpipe.models.mini.data import Corpus
 from vlpipe.models.mini.efficientnet import EfficientNetLite0
 from vlpipe.models.mini.fusion import PAD, CaptionDecoder, Vocab
-from vlpipe.models.mini.train_common import TrainOptions, autocast, cosine
+from vlpipe.train.common import TrainOptions, autocast, cosine
+from vlpipe.train.data import Corpus
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Stage 4 of `vlpipe train`: dev-split recall, BLEU-4 and CIDEr of the saved model, and the
 default beam width they pick, recorded in the model's config.
 
-Split out of train.py, which runs the stages in order.
+Split out of run.py, which runs the stages in order.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from vlpipe.models.mini.data import Corpus
-from vlpipe.models.mini.train_caption import tower_grids
-from vlpipe.models.mini.train_common import Features, TrainOptions, fmt
+from vlpipe.eval.metrics import caption_scores, retrieval_recalls
+from vlpipe.train.caption import tower_grids
+from vlpipe.train.common import Features, TrainOptions, fmt
+from vlpipe.train.data import Corpus
 
 
 def evaluate(
@@ -27,7 +28,6 @@ def evaluate(
 ) -> dict:
     """Dev metrics of the saved model (fp16 weights as shipped), from the cached tower features;
     sets the model's default beam width to the one with the best dev CIDEr."""
-    from vlpipe.eval.metrics import caption_scores, retrieval_recalls
     from vlpipe.models.mini.model import MiniModel
 
     model = MiniModel.load(model_dir, device="cpu", precision="fp32")

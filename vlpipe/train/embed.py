@@ -1,7 +1,7 @@
 """Stage 2 of `vlpipe train`: the joint embedding (tower tail + projection heads, symmetric
 InfoNCE on cached feature maps), early-stopped on held-out text-to-image recall.
 
-Split out of train.py, which runs the stages in order.
+Split out of run.py, which runs the stages in order.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from vlpipe.eval.metrics import retrieval_recalls
 from vlpipe.models.mini.efficientnet import EfficientNetLite0
 from vlpipe.models.mini.fusion import JointHeads
-from vlpipe.models.mini.train_common import Features, TrainOptions, autocast, cosine, fmt
+from vlpipe.train.common import Features, TrainOptions, autocast, cosine, fmt
 
 
 def _tail_params(tower: EfficientNetLite0, stage: int) -> list[torch.nn.Parameter]:
@@ -112,8 +113,6 @@ def recall_on(
     tower: EfficientNetLite0, heads: JointHeads, feats: Features, idx: list[int], stage: int
 ) -> dict:
     """Text-to-image and image-to-text recall among the images `idx` (all their captions)."""
-    from vlpipe.eval.metrics import retrieval_recalls
-
     heads.eval()
     image = torch.cat(
         [
