@@ -88,7 +88,7 @@ def run_vlpipe(uris: list[str], manifest: str, model_name: str, out: Path, args)
         device="cpu",
         batch_size=args.batch_size,
         decode_threads=args.decode_threads,
-        shard_size=getattr(args, "shard_size", None),
+        shard_size=getattr(args, "shard_size", None) or RunConfig.shard_size,
         workers=getattr(args, "run_workers", 1),
         max_caption_tokens=args.max_tokens,
         overwrite=True,

@@ -69,11 +69,26 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
 def plan_work(
     config: RunConfig, run_dir: RunDir, resume: Resume
 ) -> tuple[list[ShardSpec], list[ShardWork]]:
-    """Every spec of the source (without page uris) and the work left; a listing page that is
-    still to do is saved under --output for its worker, the others are dropped as they stream."""
+    """Every spec of the source and the work left. A source too small to give each local worker
+    a few specs at the shard size is planned again in smaller specs (cheap: it is small)."""
+    specs, todo = _plan(config, config.shard_size, run_dir, resume)
+    wanted = 4 * config.workers
+    if config.workers > 1 and len(specs) < wanted:
+        inputs = sum(s.count if s.count is not None else config.shard_size for s in specs)
+        smaller = max(1, inputs // wanted)
+        if smaller < config.shard_size:
+            specs, todo = _plan(config, smaller, run_dir, resume)
+    return specs, todo
+
+
+def _plan(
+    config: RunConfig, target: int, run_dir: RunDir, resume: Resume
+) -> tuple[list[ShardSpec], list[ShardWork]]:
+    """A listing page still to do is saved under --output for its worker; the other pages are
+    dropped as they stream by, so the driver never holds a listing."""
     specs: list[ShardSpec] = []
     todo: list[ShardWork] = []
-    for spec in plan(config.source, config.shard_size):
+    for spec in plan(config.source, target):
         work = resume.work(spec)
         if work is not None and spec.kind == KIND_PAGE:
             url = run_dir.url(PLAN, f"{spec.key}.jsonl")

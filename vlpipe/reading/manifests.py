@@ -2,8 +2,9 @@
 text/caption/alt column; relative paths resolve against the manifest's directory.
 
 Planning reads a Parquet file's footer only: each row group becomes one or more row-range specs.
-A worker reads its row group (only the columns it needs), never the whole table; CSV and JSON
-lines files are one spec each and are streamed in blocks by the worker.
+A worker reads its row group (only the columns it needs), never the whole table. JSON lines and
+quote-free CSV files are cut into byte ranges (see `lines.py`); other CSV and JSON files are one
+spec each, streamed in blocks by the worker.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyarrow as pa
 
 from vlpipe.errors import VlpipeError
 from vlpipe.reading.files import ext, one_line, public
+from vlpipe.reading.lines import byte_ranges, range_tables
 from vlpipe.reading.specs import KIND_MANIFEST, Record, ShardSpec, digest_of
 from vlpipe.schema import image_id
 
@@ -36,7 +38,12 @@ def plan_manifest(fs, path: str, target: int) -> Iterator[ShardSpec]:
     digest = digest_of(info.get("size"), info.get("mtime") or info.get("LastModified"))
     if ext(path) != "parquet":
         _check_first_block(url)
-        yield ShardSpec(KIND_MANIFEST, url, _row(url, 0), _row(url, _WHOLE), digest)
+        ranges = byte_ranges(fs, path, int(info.get("size") or 0), target)
+        if ranges is None:
+            yield ShardSpec(KIND_MANIFEST, url, _row(url, 0), _row(url, _WHOLE), digest)
+        for start, stop in ranges or ():
+            first, last = f"{url}#b{start:013d}", f"{url}#b{stop - 1:013d}"
+            yield ShardSpec(KIND_MANIFEST, url, first, last, digest, None, -1, start, stop)
         return
     groups = _row_groups(fs, path, url)
     if sum(groups) == 0:
@@ -57,7 +64,7 @@ def _check_first_block(url: str) -> None:
     """A CSV or JSON manifest's columns and first rows, so a bad one fails before any work."""
     spec = ShardSpec(KIND_MANIFEST, url, _row(url, 0), _row(url, _WHOLE), "")
     try:
-        first = next(_tables(spec), None)
+        first = next((table for table, _ in _tables(spec)), None)
     except (pa.ArrowException, ValueError, TypeError, AttributeError) as exc:
         raise VlpipeError(f"cannot read manifest {url}: {one_line(exc)}") from None
     if first is None or first.num_rows == 0:
@@ -97,39 +104,45 @@ def _columns(names: list[str], url: str) -> tuple[str, str | None]:
 
 
 def manifest_records(spec: ShardSpec) -> Iterator[Record]:
-    """The records of one spec's rows; a row without a uri becomes a failure record."""
+    """The records of one spec's rows; a row without a uri becomes a failure record, named by
+    its row number (or, in a byte range of a line file, by its line's byte offset)."""
     url = spec.url
     base = posixpath.dirname(url) if "://" in url else os.path.dirname(url)
-    index = int(spec.first.rsplit("#", 1)[1])
-    for table in _tables(spec):
+    for table, rows in _tables(spec):
         uri_col, text_col = _columns(table.column_names, url)
         uris = _strings(table, uri_col, url)
         texts = _strings(table, text_col, url) if text_col else [None] * len(uris)
-        for uri, text in zip(uris, texts, strict=True):
+        for uri, text, row in zip(uris, texts, rows, strict=True):
             uri = (uri or "").strip()
             if uri:
                 yield Record.of(_resolve(uri, base), text)
             else:
-                why = ("missing-uri", f"{url} row {index}: no {uri_col} value")
-                yield Record("", image_id(f"{url}#row={index}"), failure=why)
-            index += 1
+                why = ("missing-uri", f"{url} {row.replace('=', ' ')}: no {uri_col} value")
+                yield Record("", image_id(f"{url}#{row}"), failure=why)
 
 
-def _tables(spec: ShardSpec) -> Iterator[pa.Table]:
+def _tables(spec: ShardSpec) -> Iterator[tuple[pa.Table, list[str]]]:
+    """(table, a name for each row) of the spec's rows, a block at a time."""
     import pyarrow.parquet as pq
 
     fs, path = fsspec.core.url_to_fs(spec.url)
     kind = ext(path)
+    index = 0 if spec.stop and kind != "parquet" else int(spec.first.rsplit("#", 1)[1])
     with fs.open(path, "rb") as f:
         if kind == "parquet":
             pf = pq.ParquetFile(f)
             wanted = list(_columns(pf.schema_arrow.names, spec.url))
             group = pf.read_row_group(spec.row_group, columns=[c for c in wanted if c])
-            yield group.slice(spec.start, spec.stop - spec.start)
-        elif kind == "csv":
-            yield from _csv_blocks(f)
+            tables = [group.slice(spec.start, spec.stop - spec.start)]
+        elif spec.stop:  # a byte range of a line file
+            for table, offsets in range_tables(f, kind, spec.start, spec.stop):
+                yield table, [f"byte={o}" for o in offsets]
+            return
         else:
-            yield from _json_blocks(f, kind)
+            tables = _csv_blocks(f) if kind == "csv" else _json_blocks(f, kind)
+        for table in tables:
+            yield table, [f"row={i}" for i in range(index, index + table.num_rows)]
+            index += table.num_rows
 
 
 def _csv_blocks(f) -> Iterator[pa.Table]:
