@@ -29,6 +29,7 @@ BENCHMARKS = {
     "tower": ("bench.tower", False),
     "index": ("bench.bench_index", False),
     "gpu": ("bench.gpu", False),
+    "orchestration": ("bench.orchestration", False),
 }
 
 

@@ -26,6 +26,7 @@ RENDERERS = {
     "kv_cache": "bench.kv_cache",
     "tower": "bench.tower",
     "gpu": "bench.gpu",
+    "orchestration": "bench.orchestration",
 }
 
 
