@@ -194,3 +194,31 @@ def test_manifest_rows_are_read_a_row_group_at_a_time(tiny, tmp_path):  # noqa: 
     markers = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_done").glob("*.json")]
     assert sorted(m["seen"] for m in markers) == [2] + [4] * 7  # row groups of 8, 8, 8, 6 in 4s
     assert_exactly_once(str(tmp_path / "out"), uris)
+
+
+_DESCRIBE = """
+import json, sys
+from vlpipe.models.describe import describe_models
+d = describe_models(sys.argv[1], sys.argv[2])
+print(json.dumps({"models": d, "torch": "torch" in sys.modules}))
+"""
+
+
+def test_the_driver_learns_models_from_config_files_not_weights(tiny):  # noqa: F811
+    """What the launcher records (dimension, fingerprint) equals what the loaded models say,
+    and for vlpipe-mini it gets there without even importing torch."""
+    from vlpipe.models.registry import load_captioner, load_embedder
+
+    for captioner, embedder in (("mini", "mini"), (tiny["blip"], tiny["clip"])):
+        proc = subprocess.run(
+            [sys.executable, "-c", _DESCRIBE, captioner, embedder],
+            cwd=REPO, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        loaded = load_embedder(embedder, device="cpu")
+        assert got["models"]["embedder"]["fingerprint"] == loaded.fingerprint()
+        assert got["models"]["embedder"]["dim"] == loaded.dim
+        assert got["models"]["captioner"]["config"]["name" if captioner == "mini" else "family"]
+        if captioner == "mini":
+            assert got["torch"] is False
+            assert got["models"]["captioner"]["config"] == load_captioner("mini").describe()
