@@ -1,5 +1,8 @@
 from setuptools import find_packages, setup
 
+#: folders of data files inside the package (vlpipe-mini's weights, the search page)
+DATA_PACKAGES = ["vlpipe.models.mini.weights", "vlpipe.serve.static"]
+
 setup(
     name="vlpipe",
     version="0.1.0",
@@ -7,9 +10,17 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["vlpipe", "vlpipe.*"]),
-    include_package_data=True,
-    package_data={"vlpipe": ["models/mini/weights/*", "serve/static/*"]},
+    # A flat layout, said explicitly: the editable install is then a plain .pth to this folder
+    # (setuptools otherwise installs an import hook and warns about it).
+    package_dir={"": "."},
+    # The two data folders have no __init__.py, yet Python can import them (namespace packages):
+    # they are listed as packages of their own, each with its files, so setuptools does not warn
+    # that an importable folder is missing from `packages`.
+    packages=find_packages(include=["vlpipe", "vlpipe.*"]) + DATA_PACKAGES,
+    package_data={
+        "vlpipe.models.mini.weights": ["*.safetensors", "*.json"],
+        "vlpipe.serve.static": ["*.html"],
+    },
     install_requires=[
         "apache-beam>=2.60,<3",
         # 2.14.1/0.29.1 is the pair that installs (and imports together) on our build machines.
@@ -39,6 +50,7 @@ setup(
             "moto[server]>=5",
             "s3fs>=2025.1",
             "playwright>=1.40",
+            "webdataset>=0.2",
         ],
         "s3": ["s3fs>=2025.1"],
         "gcs": ["gcsfs>=2025.1"],

@@ -46,24 +46,34 @@ def clustered_vectors(n: int, dim: int, seed: int = 0, **kw) -> np.ndarray:
 
 
 def write_part(
-    run: RunDir, name: str, vectors: np.ndarray, uris: list[str], captions: list[str] | None = None
+    run: RunDir,
+    name: str,
+    vectors: np.ndarray,
+    uris: list[str],
+    captions: list[str] | None = None,
+    thumbnails: list[bytes | None] | None = None,
 ) -> str:
-    """One part of result rows (float16 embeddings) with the given vectors and uris."""
+    """One part of result rows (float16 embeddings) with the given vectors and uris; with
+    `thumbnails`, the stored-thumbnail column of a `--save-thumbnails` run too. Columns of the
+    result schema not given here are null, so the helper follows the schema as it grows."""
     dim = vectors.shape[1]
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1))
     n = len(uris)
+    columns = {
+        "image_id": pa.array([image_id(u) for u in uris], pa.string()),
+        "uri": pa.array(uris, pa.string()),
+        "width": pa.array(np.full(n, 640, np.int32)),
+        "height": pa.array(np.full(n, 480, np.int32)),
+        "caption": pa.array(
+            captions if captions is not None else [f"image {u}" for u in uris], pa.string()
+        ),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+    }
+    if thumbnails is not None:
+        columns["thumbnail"] = pa.array(thumbnails, pa.binary())
+    schema = result_schema(dim, thumbnails=thumbnails is not None)
     table = pa.table(
-        {
-            "image_id": [image_id(u) for u in uris],
-            "uri": uris,
-            "width": pa.array(np.full(n, 640, np.int32)),
-            "height": pa.array(np.full(n, 480, np.int32)),
-            "caption": captions if captions is not None else [f"image {u}" for u in uris],
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-            "text": pa.nulls(n, pa.string()),
-            "text_score": pa.nulls(n, pa.float32()),
-        },
-        schema=result_schema(dim),
+        [columns.get(f.name, pa.nulls(n, f.type)) for f in schema], schema=schema
     )
     path = run.join(PARTS, name)
     write_table_atomic(run.fs, path, table)

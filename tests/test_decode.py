@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests import hostile
-from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, DecodeError, FilterError, decode_image
 
 MIN_SIDE = 224
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -33,7 +33,7 @@ def test_corpus_covers_every_outcome(corpus):
         "empty",
         "not-an-image",
         "corrupt",
-        "too-large",
+        "too-many-pixels",
     }
     assert {n for n, e in expected.items() if e == "ok"} == set(hostile.SIZES)
 
@@ -43,7 +43,7 @@ def test_hostile_case(corpus, name):
     root, expected = corpus
     data = (root / name).read_bytes()
     if expected[name] != "ok":
-        with pytest.raises(DecodeError) as info:
+        with pytest.raises((DecodeError, FilterError)) as info:
             decode_image(data, MIN_SIDE)
         assert info.value.reason == expected[name]
         message = str(info.value)
@@ -134,18 +134,18 @@ def test_non_jpeg_is_box_reduced_too():
 def test_pixel_limit_is_configurable_per_call(corpus):
     root, _ = corpus
     data = (root / "progressive.jpg").read_bytes()  # 640x480
-    with pytest.raises(DecodeError) as info:
+    with pytest.raises(FilterError) as info:
         decode_image(data, MIN_SIDE, max_pixels=640 * 480 - 1)
-    assert info.value.reason == "too-large" and "640x480" in str(info.value)
+    assert info.value.reason == "too-many-pixels" and "640x480" in str(info.value)
     assert decode_image(data, MIN_SIDE, max_pixels=640 * 480).width == 640
 
 
 def test_a_higher_limit_admits_what_pillow_alone_would_refuse(corpus):
     """A PNG declaring 200 MP (> 2x Pillow's default) is judged by our limit, not Pillow's."""
     bomb = hostile._png_declaring(20_000, 10_000)
-    with pytest.raises(DecodeError) as info:
+    with pytest.raises(FilterError) as info:
         decode_image(bomb, MIN_SIDE)
-    assert info.value.reason == "too-large"
+    assert info.value.reason == "too-many-pixels"
     before = Image.MAX_IMAGE_PIXELS
     try:
         with pytest.raises(DecodeError) as info:  # now admitted by size; its data is too short
@@ -170,7 +170,7 @@ def test_concurrent_decodes_in_threads(corpus):
         try:
             decode_image((root / name).read_bytes(), MIN_SIDE)
             results[i] = "ok"
-        except DecodeError as exc:
+        except (DecodeError, FilterError) as exc:
             results[i] = exc.reason
 
     threads = [threading.Thread(target=work, args=(i, n)) for i, n in enumerate(names)]

@@ -58,11 +58,14 @@ def test_every_hostile_file_ends_as_a_correct_row_or_a_failure_row(tiny, corpus,
             assert row["caption"].strip() and len(row["embedding"]) > 0
         else:
             assert name in failures, f"{name} should fail with {outcome}"
-            assert failures[name]["stage"] == "decode", name
+            stage = "filter" if outcome == "too-many-pixels" else "decode"
+            assert failures[name]["stage"] == stage, name
             assert failures[name]["reason"] == outcome, (name, failures[name])
             assert failures[name]["error"] and "\n" not in failures[name]["error"]
     assert summary.reasons == {
-        f"decode:{reason}": sum(1 for o in expected.values() if o == reason)
+        f"{'filter' if reason == 'too-many-pixels' else 'decode'}:{reason}": sum(
+            1 for o in expected.values() if o == reason
+        )
         for reason in set(expected.values()) - {"ok"}
     }
     assert snapshot(root) == before  # the source is only read

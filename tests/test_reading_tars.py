@@ -190,7 +190,7 @@ def test_a_worker_reads_its_tar_once(tmp_path, counting):
     assert 2_500_000 <= CountingFS.bytes_read[str(tar)] <= 1.05 * size
 
 
-def test_planning_a_parquet_manifest_reads_its_footer_only(tmp_path, counting):
+def test_planning_reads_a_parquet_footer_and_a_worker_its_row_group(tmp_path, counting):
     rows = {
         "uri": [f"{i}.jpg" for i in range(20_000)],
         "blob": [os.urandom(50) for _ in range(20_000)],
@@ -205,9 +205,11 @@ def test_planning_a_parquet_manifest_reads_its_footer_only(tmp_path, counting):
     assert 0 < CountingFS.bytes_read[str(path)] < 0.05 * size
     CountingFS.bytes_read.clear()
     worker = dataclasses.replace(specs[1], url=f"{counting}{path}")
-    got = [r.uri for r in spec_records(worker)]
+    records = list(spec_records(worker))
+    got = [r.uri for r in records]
     assert got[0].endswith("/10000.jpg") and len(got) == 10_000
-    assert 0 < CountingFS.bytes_read[str(path)] < 0.3 * size  # one group's uri column, no blob
+    assert records[0].extra == {"blob": rows["blob"][10_000]}  # other columns travel along
+    assert 0 < CountingFS.bytes_read[str(path)] < 0.6 * size  # its own row group, not the other
 
 
 # ---- many shards, broken shards ---------------------------------------------------------------

@@ -6,6 +6,7 @@ out/
   _SUCCESS             written last, when every input is accounted for
   parts/part-*.parquet rows per vlpipe.schema.result_schema, one part per shard-size inputs
   failed/part-*.parquet rows per vlpipe.schema.FAILED_SCHEMA
+  wds/part-*.tar       with --output-format webdataset: one tar shard beside each part
   _done/<key>.json     one marker per finished shard spec: its counts and the parts it wrote
   _progress/<key>.json how far a worker is into a spec it has not finished (progress only)
   _plan/<key>.jsonl    the uris of a listing page a worker is to process
@@ -36,6 +37,7 @@ SUCCESS = "_SUCCESS"
 PARTS = "parts"
 FAILED = "failed"
 INDEX = "index"
+WDS = "wds"
 DONE = "_done"
 PROGRESS = "_progress"
 PLAN = "_plan"

@@ -6,10 +6,11 @@ import hashlib
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: orig_width, orig_height, bytes, format, user columns
 
 # Failure stages, in the order an image meets them.
 STAGE_READ = "read"
+STAGE_FILTER = "filter"  # skipped on purpose (--min-size, --max-aspect, --max-pixels)
 STAGE_DECODE = "decode"
 STAGE_MODEL = "model"
 STAGE_INPUT = "input"
@@ -20,21 +21,37 @@ def image_id(uri: str) -> str:
     return hashlib.sha1(uri.encode("utf-8")).hexdigest()[:20]
 
 
-def result_schema(dim: int, float16: bool = True) -> pa.Schema:
-    """One row per processed image; the embedding is a fixed-size list so readers get a matrix."""
+def result_schema(
+    dim: int,
+    float16: bool = True,
+    embeddings: bool = True,
+    thumbnails: bool = False,
+    extra: list[pa.Field] | tuple = (),
+) -> pa.Schema:
+    """One row per processed image; the embedding is a fixed-size list so readers get a matrix
+    (all null, of type null, in a captions-only run); the user's own columns come last."""
     value = pa.float16() if float16 else pa.float32()
-    return pa.schema(
-        [
-            ("image_id", pa.string()),
-            ("uri", pa.string()),
-            ("width", pa.int32()),
-            ("height", pa.int32()),
-            ("caption", pa.string()),
-            ("embedding", pa.list_(value, dim)),
-            ("text", pa.string()),
-            ("text_score", pa.float32()),
-        ]
-    )
+    fields = [
+        ("image_id", pa.string()),
+        ("uri", pa.string()),
+        ("width", pa.int32()),  # as displayed: after EXIF orientation
+        ("height", pa.int32()),
+        ("orig_width", pa.int32()),  # as stored in the file, before EXIF orientation
+        ("orig_height", pa.int32()),
+        ("bytes", pa.int64()),  # size of the source file as read
+        ("format", pa.string()),  # JPEG, PNG, WEBP, GIF, BMP, TIFF, ...
+        ("caption", pa.string()),
+        ("embedding", pa.list_(value, dim) if embeddings else pa.null()),
+        ("text", pa.string()),
+        ("text_score", pa.float32()),
+    ]
+    if thumbnails:
+        fields.append(("thumbnail", pa.binary()))
+    return pa.schema([pa.field(n, t) for n, t in fields] + list(extra))
+
+
+#: column names of vlpipe's own; a user column of the same name is refused
+RESERVED_COLUMNS = frozenset(result_schema(1, thumbnails=True).names) | {"phash", "sha256"}
 
 
 FAILED_SCHEMA = pa.schema(

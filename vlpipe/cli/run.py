@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
+
 
 @click.command(
     "run",
@@ -14,8 +16,14 @@ import click
 )
 @click.argument("source")
 @click.option("-o", "--output", required=True, help="Output directory (local path or fsspec URL).")
-@click.option("--captioner", default="mini", show_default=True, help="mini, a model dir or hub id.")
-@click.option("--embedder", default="mini", show_default=True, help="mini, a model dir or hub id.")
+@click.option(
+    "--captioner", default="mini", show_default=True,
+    help="mini, a model dir, a hub id, or none (embeddings only: no caption model runs).",
+)  # fmt: skip
+@click.option(
+    "--embedder", default="mini", show_default=True,
+    help="mini, a model dir, a hub id, or none (captions only: no embeddings, no index).",
+)  # fmt: skip
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--min-batch-size", type=int, default=1, show_default=True)
 @click.option("--max-caption-tokens", type=int, default=30, show_default=True)
@@ -31,6 +39,22 @@ import click
 )
 @click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
 @click.option("--embedding-dtype", type=click.Choice(["float16", "float32"]), default="float16")
+@click.option("--min-size", type=int, default=0, help="Skip images whose shorter side is under PX.")
+@click.option("--max-aspect", type=float, default=0.0, help="Skip images longer/shorter > R.")
+@click.option(
+    "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
+    help="Skip images of more pixels (also the decompression-bomb guard).",
+)  # fmt: skip
+@click.option(
+    "--columns", default=None,
+    help="Comma-separated source columns to keep in the output (default: all of them).",
+)  # fmt: skip
+@click.option("--save-thumbnails", type=int, default=0, metavar="PX",
+              help="Store a JPEG thumbnail, PX on its longer side, in each row.")  # fmt: skip
+@click.option(
+    "--output-format", type=click.Choice(["parquet", "webdataset"]), default="parquet",
+    show_default=True, help="webdataset: also write tar shards (image, .txt, .json, .npy).",
+)  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in --output.")
 @click.option("--retry-failed", is_flag=True, help="Process again the inputs that failed before.")
 @click.option(
@@ -61,6 +85,12 @@ def command(ctx: click.Context, source: str, output: str, **kw) -> None:
         shard_size=kw["shard_size"],
         workers=kw["workers"],
         float16=kw["embedding_dtype"] == "float16",
+        max_pixels=kw["max_pixels"],
+        min_size=kw["min_size"],
+        max_aspect=kw["max_aspect"],
+        columns=_columns(kw["columns"]),
+        thumbnail_px=kw["save_thumbnails"],
+        output_format=kw["output_format"],
         overwrite=kw["overwrite"],
         retry_failed=kw["retry_failed"],
         shared_output=kw["shared_output"],
@@ -78,3 +108,9 @@ def command(ctx: click.Context, source: str, output: str, **kw) -> None:
         )
     if not summary.ok:
         raise click.ClickException("not every input is accounted for; see the counts above")
+
+
+def _columns(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(c.strip() for c in value.split(",") if c.strip())

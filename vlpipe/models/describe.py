@@ -11,17 +11,23 @@ import json
 import os
 
 from vlpipe.errors import VlpipeError
+from vlpipe.models.registry import NONE
 
 
 def describe_models(captioner: str, embedder: str) -> dict:
-    """{"captioner": {name, config}, "embedder": {name, config, fingerprint, dim}}."""
+    """{"captioner": {name, config}, "embedder": {name, config, fingerprint, dim}}; "none"
+    (that half of the work is not done) describes as config None, dim 0."""
+    if captioner == NONE and embedder == NONE:
+        raise VlpipeError("--captioner none and --embedder none leave nothing to do: keep one")
     return {
         "captioner": {"name": captioner, "config": describe_captioner(captioner)},
         "embedder": {"name": embedder, **describe_embedder(embedder)},
     }
 
 
-def describe_captioner(name: str) -> dict:
+def describe_captioner(name: str) -> dict | None:
+    if name == NONE:
+        return None
     mini = _mini_dir(name)
     if mini:
         return _describe_mini(mini)[0]
@@ -35,6 +41,8 @@ def describe_captioner(name: str) -> dict:
 
 
 def describe_embedder(name: str) -> dict:
+    if name == NONE:
+        return {"config": None, "fingerprint": None, "dim": 0}
     mini = _mini_dir(name)
     if mini:
         config, fingerprint, dim = _describe_mini(mini)

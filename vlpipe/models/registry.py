@@ -53,13 +53,17 @@ def light_text_encoder(name: str, device: str = "cpu"):
     return MiniTextQueries(SHIPPED_DIR if name == BUILTIN else name)
 
 
+NONE = "none"  # `--captioner none` / `--embedder none`: that half of the work is not done
+
+
 def load_models(
     captioner: str, embedder: str, device: str = "auto", precision: str = "auto"
-) -> tuple[Captioner, Embedder]:
-    """Both models; one shared object when both names are the same fused model."""
+) -> tuple[Captioner | None, Embedder | None]:
+    """Both models (None for "none"); one shared object when both are the same fused model."""
     from vlpipe.models.base import Embedder
 
-    cap = load_captioner(captioner, device=device, precision=precision)
+    cap = None if captioner == NONE else load_captioner(captioner, device, precision)
     if embedder == captioner and isinstance(cap, Embedder):
         return cap, cap
-    return cap, load_embedder(embedder, device=device, precision=precision)
+    emb = None if embedder == NONE else load_embedder(embedder, device, precision)
+    return cap, emb

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from vlpipe.errors import VlpipeError
-from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
+from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, Filters
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 RUNNER_ALIASES = {"dask": DASK_RUNNER, "daskrunner": DASK_RUNNER}
@@ -29,6 +29,11 @@ class RunConfig:
     workers: int = 1
     float16: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    min_size: int = 0  # skip images whose shorter side is under this (px); 0: off
+    max_aspect: float = 0.0  # skip images whose longer/shorter side ratio is above this; 0: off
+    columns: tuple[str, ...] | None = None  # source columns to carry through (None: all)
+    thumbnail_px: int = 0  # store a JPEG thumbnail of this size per row; 0: none
+    output_format: str = "parquet"  # or "webdataset": also tar shards
     overwrite: bool = False
     retry_failed: bool = False
     shared_output: bool = False  # the user says a local --output is a mount every worker sees
@@ -44,6 +49,18 @@ class RunConfig:
             (self.decode_threads >= 1, "--decode-threads must be at least 1"),
             (self.shard_size >= 1, "--shard-size must be at least 1"),
             (self.workers >= 1, "--workers must be at least 1"),
+            (self.max_pixels >= 1, "--max-pixels must be at least 1"),
+            (self.min_size >= 0, "--min-size must be 0 (off) or more"),
+            (self.max_aspect == 0 or self.max_aspect >= 1, "--max-aspect must be 0 (off) or >= 1"),
+            (0 <= self.thumbnail_px <= 4096, "--save-thumbnails must be 1..4096 px"),
+            (
+                self.output_format in ("parquet", "webdataset"),
+                "--output-format: parquet|webdataset",
+            ),
+            (
+                not (self.captioner == "none" and self.embedder == "none"),
+                "--captioner none and --embedder none leave nothing to do: keep one",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -56,6 +73,13 @@ class RunConfig:
                 " other machines, which cannot write there: use a shared URL (s3://, gs://) or"
                 " pass --shared-output if every worker mounts this path"
             )
+
+    def filters(self) -> Filters:
+        return Filters(self.min_size, self.max_aspect, self.max_pixels)
+
+    def mode(self) -> dict:
+        """What the run produces: recorded in the manifest, read by index, search and serve."""
+        return {"captions": self.captioner != "none", "embeddings": self.embedder != "none"}
 
     def model_config(self) -> dict:
         """What must match for a rerun to add to an existing output directory."""

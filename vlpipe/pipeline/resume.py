@@ -16,9 +16,23 @@ from dataclasses import dataclass, field
 
 from vlpipe.errors import VlpipeError
 from vlpipe.reading.specs import ShardSpec
-from vlpipe.rundir import DONE, FAILED, INDEX, MANIFEST, PARTS, PLAN, PROGRESS, SUCCESS, RunDir
+from vlpipe.rundir import (
+    DONE,
+    FAILED,
+    INDEX,
+    MANIFEST,
+    PARTS,
+    PLAN,
+    PROGRESS,
+    SUCCESS,
+    WDS,
+    RunDir,
+    write_table_atomic,
+)
+from vlpipe.schema import STAGE_FILTER
+from vlpipe.transforms.decode import Filters
 from vlpipe.transforms.shard import ShardWork
-from vlpipe.transforms.write import is_part_name
+from vlpipe.transforms.write import is_part_name, part_name
 
 CORRUPT = "corrupt"
 #: the output layout this code writes (1: resume by image_id, no done markers)
@@ -63,7 +77,7 @@ def check_writable(run: RunDir) -> None:
 
 def clear(run: RunDir) -> None:
     """--overwrite: remove a previous run's outputs (and only vlpipe's own files)."""
-    for name in (PARTS, FAILED, INDEX, DONE, PROGRESS, PLAN, "_work"):
+    for name in (PARTS, FAILED, WDS, INDEX, DONE, PROGRESS, PLAN, "_work"):
         run.remove(name)
     for name in (MANIFEST, SUCCESS):
         run.remove(name)
@@ -79,18 +93,21 @@ class Resume:
     _ranges: dict[str, tuple[list, list, list]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, run: RunDir, retry_failed: bool = False) -> Resume:
-        """Markers whose parts are all there; leftovers of interrupted specs are removed."""
+    def load(
+        cls, run: RunDir, retry_failed: bool = False, filters: Filters | None = None
+    ) -> Resume:
+        """Markers whose parts are all there; leftovers of interrupted specs are removed.
+        `filters`: this run's, so --retry-failed can tell if filtered images need another look."""
         remove_temp_files(run)
         run.remove(PROGRESS)
         markers = run.markers()
-        sizes = {PARTS: run.sizes(PARTS), FAILED: run.sizes(FAILED)}
+        sizes = {sub: run.sizes(sub) for sub in (PARTS, FAILED, WDS)}
         resume = cls(markers)
         for marker in markers.values():
             resume._check_parts(run, marker, sizes)
         resume._remove_unreferenced(run, sizes)
         if retry_failed:
-            resume._reopen_failures(run)
+            resume._reopen_failures(run, filters or Filters())
         resume._index()
         return resume
 
@@ -128,29 +145,56 @@ class Resume:
     def _remove_unreferenced(self, run: RunDir, sizes: dict[str, dict]) -> None:
         """Parts no marker names come from specs a kill interrupted: they go. Files that are not
         vlpipe parts at all are set aside for a person to look at."""
-        for sub, key in ((PARTS, "parts"), (FAILED, "failed_parts")):
-            referenced = {n for m in self.markers.values() for n in m[key]}
+        for sub, key in ((PARTS, "parts"), (FAILED, "failed_parts"), (WDS, "wds")):
+            referenced = {n for m in self.markers.values() for n in m.get(key, ())}
             for name in sizes[sub]:
                 if name in referenced:
                     continue
-                if is_part_name(name):
+                if is_part_name(name) or sub == WDS:
                     run.fs.rm(run.join(sub, name))
                 else:
                     self.corrupt.append(_set_aside(run, sub, name))
 
-    def _reopen_failures(self, run: RunDir) -> None:
+    def _reopen_failures(self, run: RunDir, filters: Filters) -> None:
         """--retry-failed: specs with failures are not done; their failure parts move aside.
-        The marker is rewritten first, so a kill in between leaves a spec to redo, not a loss."""
+        Images the same filters skipped stay skipped: their rows go to a new failure part the
+        reopened spec keeps. The marker is rewritten before the parts move, so a kill in
+        between leaves a spec to redo, never a loss."""
         folder = posixpath.join(FAILED, f"retried-{time.strftime('%Y%m%dT%H%M%S')}")
         for marker in self.markers.values():
             if not marker["failed_parts"]:
                 continue
             names = list(marker["failed_parts"])
-            marker.update(done=False, failed_parts={})
+            kept = (
+                self._filtered_rows(run, names)
+                if marker.get("filters") == filters.describe()
+                else None
+            )
+            if kept is not None and kept.num_rows == marker["failed"]:
+                continue  # only filtered images failed, and the filters are the same
+            failed_parts = {}
+            if kept is not None and kept.num_rows:
+                name = part_name(marker["key"], kept.column("image_id").to_pylist())
+                write_table_atomic(run.fs, run.join(FAILED, name), kept)
+                failed_parts[name] = run.fs.size(run.join(FAILED, name))
+            marker.update(done=False, failed_parts=failed_parts)
             run.write_marker(marker)
             run.fs.makedirs(run.join(folder), exist_ok=True)
             for name in names:
                 run.fs.mv(run.join(FAILED, name), run.join(folder, name))
+
+    @staticmethod
+    def _filtered_rows(run: RunDir, names: list[str]) -> tuple:
+        """The failure rows with stage filter of these parts (read: --retry-failed reads the
+        failure parts, and only those)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        tables = [pf.read() for n in names if (pf := run.open_part(run.join(FAILED, n)))]
+        if not tables:
+            return None, 0
+        table = pa.concat_tables(tables)
+        return table.filter(pc.equal(table.column("stage"), STAGE_FILTER)), table.num_rows
 
     # ---- overlaps -------------------------------------------------------------------------
 
@@ -192,7 +236,7 @@ def remove_temp_files(run: RunDir) -> None:
     """A run killed mid-write leaves `.tmp-` files (never read as parts); clear them away."""
     from vlpipe.rundir import TMP_PREFIX
 
-    for folder in (run.root, run.join(PARTS), run.join(FAILED), run.join(DONE)):
+    for folder in (run.root, run.join(PARTS), run.join(FAILED), run.join(DONE), run.join(WDS)):
         run.fs.invalidate_cache(folder)
         if run.fs.exists(folder):
             for path in run.fs.ls(folder, detail=False):

@@ -24,7 +24,7 @@ from vlpipe.pipeline.summary import RunSummary, count
 from vlpipe.reading.plan import plan
 from vlpipe.reading.records import save_page
 from vlpipe.reading.specs import KIND_PAGE, ShardSpec
-from vlpipe.rundir import PLAN, SUCCESS, RunDir, write_atomic
+from vlpipe.rundir import PLAN, PROGRESS, SUCCESS, RunDir, write_atomic
 from vlpipe.schema import SCHEMA_VERSION
 from vlpipe.transforms.handlers import VlpipeModelHandler
 from vlpipe.transforms.shard import ProcessShard, ShardOptions, ShardWork
@@ -43,11 +43,12 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     # The manifest goes first, _SUCCESS goes: a kill at any later point leaves a resumable run.
     run_dir.write_manifest(manifest(config, models, started, status="running"))
     run_dir.remove(SUCCESS)
-    resume = Resume.load(run_dir, retry_failed=config.retry_failed)
+    resume = Resume.load(run_dir, config.retry_failed, config.filters())
     specs, todo = plan_work(config, run_dir, resume)
     echo(
         f"vlpipe {__version__}: {len(specs)} shards ({_inputs(specs)} inputs), {len(todo)} to"
         f" process; captioner {config.captioner}, embedder {config.embedder}"
+        + ("" if all(config.mode().values()) else f" ({_mode_name(config)})")
     )
     timings = run_shards(config, run_dir, todo, models["embedder"]["dim"]) if todo else {}
     summary = count(run_dir, specs, {w.spec.key for w in todo}, time.time() - started)
@@ -58,8 +59,9 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     run_dir.write_manifest(manifest(config, models, started, status="done", summary=summary))
     if summary.ok:
         run_dir.remove(PLAN)
+        run_dir.remove(PROGRESS)
         write_atomic(run_dir.fs, run_dir.join(SUCCESS), b"")
-        if config.build_index and summary.written:
+        if config.build_index and summary.written and config.mode()["embeddings"]:
             from vlpipe.index.build import build_index
 
             summary.index = build_index(config.output, progress=config.progress)
@@ -88,7 +90,7 @@ def _plan(
     dropped as they stream by, so the driver never holds a listing."""
     specs: list[ShardSpec] = []
     todo: list[ShardWork] = []
-    for spec in plan(config.source, target):
+    for spec in plan(config.source, target, config.columns):
         work = resume.work(spec)
         if work is not None and spec.kind == KIND_PAGE:
             url = run_dir.url(PLAN, f"{spec.key}.jsonl")
@@ -98,6 +100,10 @@ def _plan(
         if work is not None:
             todo.append(work)
     return specs, todo
+
+
+def _mode_name(config: RunConfig) -> str:
+    return "captions only" if config.embedder == "none" else "embeddings only"
 
 
 def _inputs(specs: list[ShardSpec]) -> str:
@@ -139,9 +145,12 @@ def run_shards(
         config.output,
         config.shard_size,
         config.decode_threads,
-        config.max_pixels,
+        config.filters(),
         config.float16,
         dim,
+        config.columns,
+        config.thumbnail_px,
+        config.output_format,
     )
     counts = [w.spec.count for w in todo]
     total = sum(counts) if None not in counts else None
@@ -192,7 +201,12 @@ def manifest(
         "finished": iso(time.time()) if summary else None,
         "config": config.model_config(),
         "models": models,
+        "mode": config.mode(),
         "embedding_dtype": "float16" if config.float16 else "float32",
+        "filters": config.filters().describe(),
+        "columns": list(config.columns) if config.columns is not None else None,
+        "thumbnail_px": config.thumbnail_px or None,
+        "output_format": config.output_format,
         "options": {
             "batch_size": config.batch_size,
             "shard_size": config.shard_size,

@@ -21,7 +21,7 @@ from vlpipe.errors import VlpipeError
 from vlpipe.reading.files import ext, one_line, public
 from vlpipe.reading.lines import byte_ranges, range_tables
 from vlpipe.reading.specs import KIND_MANIFEST, Record, ShardSpec, digest_of
-from vlpipe.schema import image_id
+from vlpipe.schema import RESERVED_COLUMNS, image_id
 
 URI_COLUMNS = ("uri", "url", "path", "image")
 TEXT_COLUMNS = ("text", "caption", "alt")
@@ -31,13 +31,17 @@ MAX_SPLITS_PER_GROUP = 16
 _WHOLE = 10**12
 
 
-def plan_manifest(fs, path: str, target: int) -> Iterator[ShardSpec]:
-    """Row-range specs of a manifest, from its footer (Parquet) or as one spec (CSV, JSON)."""
+def plan_manifest(
+    fs, path: str, target: int, columns: tuple[str, ...] | None = None
+) -> Iterator[ShardSpec]:
+    """Row-range specs of a manifest, from its footer (Parquet) or its first block (CSV,
+    JSON). Its other columns travel to the output (only `columns`, when given): one that
+    clashes with a column of vlpipe's own, or a named one it lacks, is a one-line error."""
     url = public(fs, path)
     info = fs.info(path)
     digest = digest_of(info.get("size"), info.get("mtime") or info.get("LastModified"))
     if ext(path) != "parquet":
-        _check_first_block(url)
+        _check_extra_columns(_check_first_block(url), url, columns)
         ranges = byte_ranges(fs, path, int(info.get("size") or 0), target)
         if ranges is None:
             yield ShardSpec(KIND_MANIFEST, url, _row(url, 0), _row(url, _WHOLE), digest)
@@ -45,7 +49,8 @@ def plan_manifest(fs, path: str, target: int) -> Iterator[ShardSpec]:
             first, last = f"{url}#b{start:013d}", f"{url}#b{stop - 1:013d}"
             yield ShardSpec(KIND_MANIFEST, url, first, last, digest, None, -1, start, stop)
         return
-    groups = _row_groups(fs, path, url)
+    groups, names = _row_groups(fs, path, url)
+    _check_extra_columns(names, url, columns)
     if sum(groups) == 0:
         raise VlpipeError(f"no images found in manifest {url} (it has no rows)")
     offset = 0
@@ -60,7 +65,25 @@ def plan_manifest(fs, path: str, target: int) -> Iterator[ShardSpec]:
         offset += rows
 
 
-def _check_first_block(url: str) -> None:
+def _check_extra_columns(names: list[str], url: str, columns: tuple[str, ...] | None) -> None:
+    uri_col, text_col = _columns(names, url)
+    extra = [n for n in names if n not in (uri_col, text_col)]
+    missing = [c for c in columns or () if c not in extra]
+    if missing:
+        raise VlpipeError(
+            f"--columns names {missing[0]!r}, which manifest {url} does not have besides its"
+            f" uri and text columns (it has: {', '.join(extra) or 'none'})"
+        )
+    kept = [n for n in extra if columns is None or n in columns]
+    clash = [n for n in kept if n in RESERVED_COLUMNS]
+    if clash:
+        raise VlpipeError(
+            f"manifest {url} has a column {clash[0]!r}, a name vlpipe's output uses itself:"
+            " rename it, or leave it out with --columns"
+        )
+
+
+def _check_first_block(url: str) -> list[str]:
     """A CSV or JSON manifest's columns and first rows, so a bad one fails before any work."""
     spec = ShardSpec(KIND_MANIFEST, url, _row(url, 0), _row(url, _WHOLE), "")
     try:
@@ -70,13 +93,14 @@ def _check_first_block(url: str) -> None:
     if first is None or first.num_rows == 0:
         raise VlpipeError(f"no images found in manifest {url} (it has no rows)")
     _columns(first.column_names, url)
+    return first.column_names
 
 
 def _row(url: str, index: int) -> str:
     return f"{url}#{index:013d}"
 
 
-def _row_groups(fs, path: str, url: str) -> list[int]:
+def _row_groups(fs, path: str, url: str) -> tuple[list[int], list[str]]:
     import pyarrow.parquet as pq
 
     try:
@@ -84,7 +108,7 @@ def _row_groups(fs, path: str, url: str) -> list[int]:
             meta = pq.ParquetFile(f).metadata
             columns = meta.schema.to_arrow_schema().names
             _columns(columns, url)  # a manifest without a uri column fails before any work
-            return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)], columns
     except (pa.ArrowException, ValueError, TypeError) as exc:
         raise VlpipeError(f"cannot read manifest {url}: {one_line(exc)}") from None
 
@@ -112,10 +136,15 @@ def manifest_records(spec: ShardSpec) -> Iterator[Record]:
         uri_col, text_col = _columns(table.column_names, url)
         uris = _strings(table, uri_col, url)
         texts = _strings(table, text_col, url) if text_col else [None] * len(uris)
-        for uri, text, row in zip(uris, texts, rows, strict=True):
+        others = [c for c in table.column_names if c not in (uri_col, text_col)]
+        fields = [table.schema.field(c) for c in others]
+        extras = table.select(others).to_pylist() if others else [None] * len(uris)
+        for uri, text, row, extra in zip(uris, texts, rows, extras, strict=True):
             uri = (uri or "").strip()
             if uri:
-                yield Record.of(_resolve(uri, base), text)
+                record = Record.of(_resolve(uri, base), text)
+                record.extra, record.extra_fields = extra, fields
+                yield record
             else:
                 why = ("missing-uri", f"{url} {row.replace('=', ' ')}: no {uri_col} value")
                 yield Record("", image_id(f"{url}#{row}"), failure=why)
@@ -131,8 +160,7 @@ def _tables(spec: ShardSpec) -> Iterator[tuple[pa.Table, list[str]]]:
     with fs.open(path, "rb") as f:
         if kind == "parquet":
             pf = pq.ParquetFile(f)
-            wanted = list(_columns(pf.schema_arrow.names, spec.url))
-            group = pf.read_row_group(spec.row_group, columns=[c for c in wanted if c])
+            group = pf.read_row_group(spec.row_group)  # every column travels to the output
             tables = [group.slice(spec.start, spec.stop - spec.start)]
         elif spec.stop:  # a byte range of a line file
             for table, offsets in range_tables(f, kind, spec.start, spec.stop):

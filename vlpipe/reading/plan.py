@@ -36,14 +36,15 @@ from vlpipe.reading.specs import KIND_PAGE, ShardSpec, digest_of
 from vlpipe.reading.tars import tar_spec
 
 
-def plan(source: str, target: int) -> Iterator[ShardSpec]:
-    """Every shard spec of `source`, streamed; pages and row ranges of about `target` inputs."""
+def plan(source: str, target: int, columns: tuple[str, ...] | None = None) -> Iterator[ShardSpec]:
+    """Every shard spec of `source`, streamed; pages and row ranges of about `target` inputs.
+    `columns`: the manifest columns to carry to the output (default: all), checked here."""
     source = str(source)
     try:
         if has_braces(source) and not _exists(source):
-            yield from _plan_braces(source, target)
+            yield from _plan_braces(source, target, columns)
         else:
-            yield from _plan_one(source, target)
+            yield from _plan_one(source, target, columns)
     except VlpipeError:
         raise
     except ImportError as exc:
@@ -54,10 +55,10 @@ def plan(source: str, target: int) -> Iterator[ShardSpec]:
         raise VlpipeError(f"cannot list {source}: {one_line(exc)}") from None
 
 
-def _plan_one(source: str, target: int) -> Iterator[ShardSpec]:
+def _plan_one(source: str, target: int, columns=None) -> Iterator[ShardSpec]:
     fs, path = fsspec.core.url_to_fs(source)
     if glob.has_magic(path):
-        yield from _plan_glob(fs, path, source, target)
+        yield from _plan_glob(fs, path, source, target, columns)
         return
     if fs.isdir(path):
         specs = _route(fs, iter_files(fs, path), target, tars=False)
@@ -70,7 +71,7 @@ def _plan_one(source: str, target: int) -> Iterator[ShardSpec]:
     elif is_image(path):
         yield _page([public(fs, path)])
     elif ext(path) in MANIFEST_EXTENSIONS:
-        yield from plan_manifest(fs, path, target)
+        yield from plan_manifest(fs, path, target, columns)
     else:
         raise VlpipeError(
             f"unsupported input {public(fs, path)}: expected a directory, a glob, an image, a .tar"
@@ -78,10 +79,10 @@ def _plan_one(source: str, target: int) -> Iterator[ShardSpec]:
         )
 
 
-def _plan_glob(fs, pattern: str, source: str, target: int) -> Iterator[ShardSpec]:
+def _plan_glob(fs, pattern: str, source: str, target: int, columns=None) -> Iterator[ShardSpec]:
     if ext(pattern) in MANIFEST_EXTENSIONS:  # `lists/*.parquet`: a glob of manifests
         matches = (p for p, _ in iter_glob(fs, pattern) if ext(p) == ext(pattern))
-        specs = (spec for path in matches for spec in plan_manifest(fs, path, target))
+        specs = (s for path in matches for s in plan_manifest(fs, path, target, columns))
     else:
         specs = _route(fs, iter_glob(fs, pattern), target, tars=True)
     yield from _not_empty(specs, f"no images found matching {source}")
@@ -115,7 +116,7 @@ def _page(uris: list[str]) -> ShardSpec:
     )
 
 
-def _plan_braces(source: str, target: int) -> Iterator[ShardSpec]:
+def _plan_braces(source: str, target: int, columns=None) -> Iterator[ShardSpec]:
     """Expanded names are checked a folder listing at a time, not with a request per name."""
     names = list(dict.fromkeys(expand_braces(source)))
     fs, _ = fsspec.core.url_to_fs(names[0])
@@ -132,7 +133,7 @@ def _plan_braces(source: str, target: int) -> Iterator[ShardSpec]:
         if is_tar(path) and info.get("type") != "directory":
             yield tar_spec(public(fs, path), info)
         else:
-            yield from _plan_one(name, target)
+            yield from _plan_one(name, target, columns)
 
 
 def _not_empty(specs: Iterator[ShardSpec], message: str) -> Iterator[ShardSpec]:

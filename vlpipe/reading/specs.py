@@ -52,6 +52,8 @@ class Record:
     text: str | None = None
     data: bytes | Exception | None = None
     failure: tuple[str, str] | None = None  # (reason, message): the input itself is unusable
+    extra: dict | None = None  # the source's other columns / sample members, carried through
+    extra_fields: list | None = None  # their Arrow fields, when the source has types
 
     @classmethod
     def of(cls, uri: str, text: str | None = None, data=None) -> Record:

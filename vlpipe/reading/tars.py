@@ -16,7 +16,7 @@ import fsspec
 
 from vlpipe.reading.files import IMAGE_EXTENSIONS, MAX_FILE_BYTES, ReadError, hidden, one_line
 from vlpipe.reading.specs import KIND_TAR, Record, ShardSpec, digest_of
-from vlpipe.schema import image_id
+from vlpipe.schema import RESERVED_COLUMNS, image_id
 
 TEXT_FIELDS = ("caption", "text", "alt")  # in a member's .json sibling
 #: bytes fetched per request when streaming a tar from object storage
@@ -62,7 +62,7 @@ def _samples(tar: tarfile.TarFile, url: str) -> Iterator[Record]:
                 key, images, texts = member_key, [], {}
             if suffix.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
                 images.append((m.name, _member_bytes(tar, m, url)))
-            elif suffix in ("txt", "json"):
+            elif suffix in ("txt", "json", "cls"):
                 texts[suffix] = _member_bytes(tar, m, url, limit=1 << 20)
             cut = next((d for _, d in images if getattr(d, "reason", "") == "truncated"), None)
             if cut is not None:
@@ -85,27 +85,55 @@ def _check_complete(tar: tarfile.TarFile, size: int | None) -> None:
 
 
 def _emit(url: str, images: list, texts: dict) -> Iterator[Record]:
-    text = _text(texts)
+    meta = _json(texts.get("json"))
+    text = _text(texts.get("txt"), meta)
+    extra = sample_columns(meta, texts.get("cls"))
     for name, data in images:
         uri = f"{url}#{name}"
-        yield Record(uri, image_id(uri), text, data)
+        yield Record(uri, image_id(uri), text, data, extra=extra)
 
 
-def _text(texts: dict) -> str | None:
-    txt = texts.get("txt")
+def _json(data) -> dict:
+    if not isinstance(data, bytes):
+        return {}
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _text(txt, meta: dict) -> str | None:
     if isinstance(txt, bytes) and txt.strip():
         return txt.decode("utf-8", "replace").strip()
-    meta = texts.get("json")
-    if not isinstance(meta, bytes):
-        return None
-    try:
-        meta = json.loads(meta)
-    except ValueError:
-        return None
-    if not isinstance(meta, dict):
-        return None
     value = next((meta[k] for k in TEXT_FIELDS if meta.get(k) not in (None, "")), None)
     return value.strip() or None if isinstance(value, str) else None
+
+
+def sample_columns(meta: dict, cls) -> dict | None:
+    """A sample's .json keys (nested objects flattened one level, `a.b`; deeper ones kept as
+    JSON text) and its .cls as columns; a key that is a name of vlpipe's own gets a `json.`
+    prefix (LAION's .json holds `width`, `height`, `caption`...)."""
+    out: dict = {}
+    for key, value in meta.items():
+        if isinstance(value, dict):
+            for sub, inner in value.items():
+                out[f"{key}.{sub}"] = _scalar(inner)
+        else:
+            out[str(key)] = _scalar(value)
+    if isinstance(cls, bytes) and cls.strip():
+        text = cls.decode("utf-8", "replace").strip()
+        out["cls"] = int(text) if text.lstrip("-").isdigit() else text
+    return {(f"json.{k}" if k in RESERVED_COLUMNS else k): v for k, v in out.items()} or None
+
+
+def _scalar(value):
+    """Objects and mixed lists as JSON text: a column must have one type across samples."""
+    if isinstance(value, dict) or (
+        isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)
+    ):
+        return json.dumps(value, ensure_ascii=False)
+    return value
 
 
 def member_key_of(name: str) -> tuple[str, str]:

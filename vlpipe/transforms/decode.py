@@ -46,8 +46,46 @@ _pil_limit_lock = threading.Lock()
 
 
 class DecodeError(ReasonError):
-    """Bytes that are not a decodable image: reason is one of empty, not-an-image, too-large,
-    truncated, corrupt, unsupported-mode."""
+    """Bytes that are not a decodable image: reason is one of empty, not-an-image, truncated,
+    corrupt, unsupported-mode."""
+
+
+class FilterError(ReasonError):
+    """An image skipped on purpose, from its header alone (before any pixel is decoded): reason
+    is one of too-many-pixels, too-small, aspect."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What to skip before the model: `max_pixels` also guards against decompression bombs."""
+
+    min_size: int = 0  # shorter side, px; 0: off
+    max_aspect: float = 0.0  # longer side / shorter side; 0: off
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def check(self, width: int, height: int) -> None:
+        """Raises FilterError for an image of this size (as displayed)."""
+        if width * height > self.max_pixels:
+            raise FilterError(
+                "too-many-pixels",
+                f"{width}x{height} = {width * height} pixels exceeds the limit of"
+                f" {self.max_pixels} (--max-pixels)",
+            )
+        short, long = min(width, height), max(width, height)
+        if self.min_size and short < self.min_size:
+            raise FilterError(
+                "too-small", f"{width}x{height}: shorter side under {self.min_size} px (--min-size)"
+            )
+        if self.max_aspect and long > self.max_aspect * max(short, 1):
+            raise FilterError(
+                "aspect",
+                f"{width}x{height}: aspect {long / max(short, 1):.2f} above {self.max_aspect}"
+                " (--max-aspect)",
+            )
+
+    def describe(self) -> dict:
+        return {"min_size": self.min_size, "max_aspect": self.max_aspect,
+                "max_pixels": self.max_pixels}  # fmt: skip
 
 
 @dataclass
@@ -55,35 +93,42 @@ class DecodedImage:
     image: Image.Image  # RGB, short side >= min_side unless the original is smaller
     width: int  # original width after EXIF orientation (not the reduced size)
     height: int
+    orig_width: int = 0  # as stored in the file, before EXIF orientation
+    orig_height: int = 0
+    format: str = ""  # Pillow's name of the file format: JPEG, PNG, ...
 
 
-def decode_image(data: bytes, min_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode once, reduced while the short side stays >= `min_side`. Raises only DecodeError."""
+def decode_image(
+    data: bytes,
+    min_side: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    filters: Filters | None = None,
+) -> DecodedImage:
+    """Decode once, reduced while the short side stays >= `min_side`. Raises DecodeError, or
+    FilterError when `filters` (default: only `max_pixels`) skip the image by its header."""
     if not data:
         raise DecodeError("empty", "empty file (0 bytes)")
+    filters = filters or Filters(max_pixels=max_pixels)
     try:
-        return _decode(data, min_side, max_pixels)
-    except DecodeError:
+        return _decode(data, min_side, filters)
+    except (DecodeError, FilterError):
         raise
     except Image.DecompressionBombError as exc:
-        raise DecodeError("too-large", f"image too large: {exc}") from None
+        raise FilterError("too-many-pixels", f"image too large: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow plugins raise OSError, SyntaxError, struct.error...
         raise _classify(exc) from None
 
 
-def _decode(data: bytes, min_side: int, max_pixels: int) -> DecodedImage:
-    _allow_in_pillow(max_pixels)
+def _decode(data: bytes, min_side: int, filters: Filters) -> DecodedImage:
+    _allow_in_pillow(filters.max_pixels)
     try:
         im = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.UnidentifiedImageError:
         raise _unidentified(data) from None
-    width, height = im.size  # declared by the header; nothing is decoded yet
-    if width * height > max_pixels:
-        raise DecodeError(
-            "too-large",
-            f"image too large: {width}x{height} = {width * height} pixels"
-            f" exceeds the limit of {max_pixels}",
-        )
+    orig_width, orig_height = im.size  # declared by the header; nothing is decoded yet
+    fmt = "JPEG" if im.format in _JPEG else str(im.format)
+    filters.check(orig_width, orig_height)  # a rotation changes neither side's length
+    width, height = orig_width, orig_height
     if im.format in _JPEG and min_side > 0:
         im.draft("RGB", (min_side, min_side))  # libjpeg scales 1/2, 1/4, 1/8 while decoding
     im.load()
@@ -97,7 +142,7 @@ def _decode(data: bytes, min_side: int, max_pixels: int) -> DecodedImage:
         factor = min(rgb.size) // min_side
         if factor >= 2:  # what draft could not do (non-JPEG, or beyond 1/8): a fast box reduce
             rgb = rgb.reduce(factor)
-    return DecodedImage(rgb, width, height)
+    return DecodedImage(rgb, width, height, orig_width, orig_height, fmt)
 
 
 def _allow_in_pillow(max_pixels: int) -> None:

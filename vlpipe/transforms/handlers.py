@@ -21,15 +21,17 @@ import torch
 from apache_beam.ml.inference.base import ModelHandler
 
 from vlpipe.models.base import CaptionEmbedder, Captioner, Embedder
-from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, decode_image
+from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, Filters, decode_image
+from vlpipe.transforms.thumbnails import make_thumbnail
 
 
 @dataclass
 class Models:
-    """The loaded pair; `captioner is embedder` for a fused model like vlpipe-mini."""
+    """The loaded pair; `captioner is embedder` for a fused model like vlpipe-mini. Either may
+    be None (an embeddings-only or a captions-only run), not both."""
 
-    captioner: Captioner
-    embedder: Embedder
+    captioner: Captioner | None
+    embedder: Embedder | None
 
     @property
     def fused(self) -> bool:
@@ -37,26 +39,32 @@ class Models:
 
     @property
     def image_size(self) -> int:
-        return max(self.captioner.image_size, self.embedder.image_size)
+        return max(m.image_size for m in (self.captioner, self.embedder) if m is not None)
 
 
 @dataclass
 class PreparedImage:
-    """One decoded image, preprocessed for both models (once, if they are the same model)."""
+    """One decoded image, preprocessed for each model (once, if they are the same model)."""
 
     image_id: str
     width: int
     height: int
-    caption_pixels: torch.Tensor
-    embed_pixels: torch.Tensor
+    caption_pixels: torch.Tensor | None
+    embed_pixels: torch.Tensor | None
     text: str | None = None
+    orig_width: int = 0
+    orig_height: int = 0
+    nbytes: int = 0
+    format: str = ""
+    thumbnail: bytes | None = None  # a small JPEG, when the run stores them
+    raw: bytes | None = None  # the bytes as read, when the run also writes WebDataset tars
 
 
 @dataclass
 class ImageResult:
     image_id: str
-    caption: str
-    embedding: np.ndarray  # (dim,) float32, L2-normalised
+    caption: str | None
+    embedding: np.ndarray | None  # (dim,) float32, L2-normalised
     text_score: float | None
 
 
@@ -66,12 +74,23 @@ def prepare_image(
     models: Models,
     text: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    filters: Filters | None = None,
+    thumbnail_px: int = 0,
+    keep_raw: bool = False,
 ) -> PreparedImage:
-    """Decode once, at the size the models need, and preprocess for each. Raises DecodeError."""
-    decoded = decode_image(data, min_side=models.image_size, max_pixels=max_pixels)
-    cap = models.captioner.preprocess(decoded.image)
-    emb = cap if models.fused else models.embedder.preprocess(decoded.image)
-    return PreparedImage(image_id, decoded.width, decoded.height, cap, emb, text)
+    """Decode once, at the size the models need, and preprocess for each. Raises DecodeError,
+    or FilterError for an image the filters skip (known from its header, before decoding)."""
+    decoded = decode_image(data, models.image_size, max_pixels, filters)
+    cap = models.captioner.preprocess(decoded.image) if models.captioner else None
+    if models.embedder is None:
+        emb = None
+    else:
+        emb = cap if models.fused else models.embedder.preprocess(decoded.image)
+    thumb = make_thumbnail(decoded.image, thumbnail_px) if thumbnail_px else None
+    return PreparedImage(
+        image_id, decoded.width, decoded.height, cap, emb, text, decoded.orig_width,
+        decoded.orig_height, len(data), decoded.format, thumb, data if keep_raw else None,
+    )  # fmt: skip
 
 
 _LOADED: dict[tuple, Models] = {}
@@ -124,7 +143,10 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[ImageResult]:
         captions, embeddings = self._caption_and_embed(batch, model)
-        scores = _text_scores(batch, embeddings, model.embedder)
+        if model.embedder is None:
+            embeddings, scores = [None] * len(batch), [None] * len(batch)
+        else:
+            scores = _text_scores(batch, embeddings, model.embedder)
         return [
             ImageResult(p.image_id, c, e, s)
             for p, c, e, s in zip(batch, captions, embeddings, scores, strict=True)
@@ -132,12 +154,18 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
 
     def _caption_and_embed(
         self, batch: Sequence[PreparedImage], model: Models
-    ) -> tuple[list[str], np.ndarray]:
-        cap_pixels = torch.stack([p.caption_pixels for p in batch])
+    ) -> tuple[list[str | None], np.ndarray | None]:
+        """One image-tower pass for a fused model; only the model a run asked for runs."""
         if model.fused:
-            return model.captioner.caption_and_embed(cap_pixels, self.max_caption_tokens)
-        captions = model.captioner.caption(cap_pixels, self.max_caption_tokens)
-        embeddings = model.embedder.embed_images(torch.stack([p.embed_pixels for p in batch]))
+            pixels = torch.stack([p.caption_pixels for p in batch])
+            return model.captioner.caption_and_embed(pixels, self.max_caption_tokens)
+        captions: list[str | None] = [None] * len(batch)
+        embeddings = None
+        if model.captioner is not None:
+            pixels = torch.stack([p.caption_pixels for p in batch])
+            captions = model.captioner.caption(pixels, self.max_caption_tokens)
+        if model.embedder is not None:
+            embeddings = model.embedder.embed_images(torch.stack([p.embed_pixels for p in batch]))
         return captions, embeddings
 
     def get_metrics_namespace(self) -> str:

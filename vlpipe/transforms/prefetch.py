@@ -13,8 +13,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from vlpipe.reading.files import read_bytes
 from vlpipe.reading.specs import Record
-from vlpipe.schema import STAGE_DECODE, STAGE_INPUT, STAGE_READ
-from vlpipe.transforms.decode import DecodeError
+from vlpipe.schema import STAGE_DECODE, STAGE_FILTER, STAGE_INPUT, STAGE_READ
+from vlpipe.transforms.decode import DecodeError, FilterError
 from vlpipe.transforms.handlers import Models, PreparedImage, prepare_image
 from vlpipe.transforms.write import failure_row
 
@@ -34,7 +34,7 @@ def prepare_ahead(
         out = []
         for record in group:
             start = time.perf_counter()
-            item = prepare_one(record, models, options.max_pixels)
+            item = prepare_one(record, models, options)
             out.append((item, time.perf_counter() - start))
         return out
 
@@ -56,8 +56,9 @@ def _grouped(items: Iterable, size: int) -> Iterator[list]:
         yield group
 
 
-def prepare_one(record: Record, models: Models, max_pixels: int) -> PreparedImage | dict:
-    """A record to a prepared image, or to its failure row (never an exception)."""
+def prepare_one(record: Record, models: Models, options) -> PreparedImage | dict:
+    """A record to a prepared image, or to its failure row (never an exception). `options`:
+    a ShardOptions (filters, thumbnail size, whether to keep the bytes for WebDataset)."""
     if record.failure:
         reason, message = record.failure
         return failure_row(record.image_id, record.uri, STAGE_INPUT, reason, message)
@@ -70,7 +71,12 @@ def prepare_one(record: Record, models: Models, max_pixels: int) -> PreparedImag
         return failure_row(record.image_id, record.uri, STAGE_READ, reason, _message(exc))
     record.data = None  # the bytes are not needed after decode; do not keep them alive
     try:
-        return prepare_image(record.image_id, data, models, record.text, max_pixels)
+        return prepare_image(
+            record.image_id, data, models, record.text, options.filters.max_pixels,
+            options.filters, options.thumbnail_px, options.output_format == "webdataset",
+        )  # fmt: skip
+    except FilterError as exc:
+        return failure_row(record.image_id, record.uri, STAGE_FILTER, exc.reason, str(exc))
     except DecodeError as exc:
         return failure_row(record.image_id, record.uri, STAGE_DECODE, exc.reason, str(exc))
     except Exception as exc:  # noqa: BLE001 - preprocess bugs on odd images fail the image only

@@ -15,22 +15,25 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import socket
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 
 from vlpipe.reading.records import spec_records
 from vlpipe.reading.specs import Record, ShardSpec
-from vlpipe.rundir import FAILED, PARTS, PROGRESS, RunDir
+from vlpipe.rundir import FAILED, PARTS, PROGRESS, WDS, RunDir
 from vlpipe.schema import STAGE_MODEL
-from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
+from vlpipe.transforms.decode import Filters
 from vlpipe.transforms.devices import worker_device
 from vlpipe.transforms.handlers import Models, PreparedImage, VlpipeModelHandler
 from vlpipe.transforms.prefetch import prepare_ahead
+from vlpipe.transforms.wds import WdsWriter
 from vlpipe.transforms.write import (
     failure_row,
     failures_table,
@@ -47,9 +50,12 @@ class ShardOptions:
     output: str
     shard_size: int = 1000
     decode_threads: int = 4
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    filters: Filters = field(default_factory=Filters)
     float16: bool = True
-    dim: int = 0  # the embedder's dimension, from its config (the driver loads no weights)
+    dim: int = 0  # the embedder's dimension from its config (the driver loads no weights); 0: none
+    columns: tuple[str, ...] | None = None  # the source columns to keep (None: all)
+    thumbnail_px: int = 0  # store a JPEG thumbnail this size per row; 0: none
+    output_format: str = "parquet"  # or "webdataset": tar shards beside the parts
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,7 @@ def process_shard(
         parts.clock["decode_s"] += seconds
         parts.add(record, item)
     parts.close()
-    marker = _marker(work.spec, tally, parts.written, parts.clock)
+    marker = _marker(work.spec, tally, parts.written, parts.clock, options.filters)
     run.write_marker(marker)
     run.remove(PROGRESS, f"{work.spec.key}.json")
     return marker
@@ -140,15 +146,18 @@ class _Parts:
         self.run, self.spec, self.models, self.handler = run, spec, models, handler
         self.options, self.tally = options, tally
         self.clock = Counter()
-        self.written: dict[str, dict] = {PARTS: {}, FAILED: {}}
+        self.written: dict[str, dict] = {PARTS: {}, FAILED: {}, WDS: {}}
+        self.records: list[tuple[Record, object]] = []
         self.batch: list[tuple[Record, PreparedImage]] = []
         self.results: list[dict] = []
         self.failures: list[dict] = []
         self.ids: list[str] = []
-        self.parts_written = 0
+        self.wds = None
 
     def add(self, record: Record, item: PreparedImage | dict) -> None:
         self.ids.append(record.image_id)
+        if record.extra_fields and not self.records:
+            self.records.append((record, None))  # the source's column types, for the part
         if isinstance(item, PreparedImage):
             self.batch.append((record, item))
             if len(self.batch) >= self.handler.max_batch_size:
@@ -162,11 +171,23 @@ class _Parts:
         if self.ids:
             self._write()
 
+    def _wds_writer(self):
+        """The chunk's tar, streamed under a provisional name (the part's name, made of the
+        chunk's ids, is known only when the chunk ends)."""
+        if self.wds is None:
+            provisional = f"{self.spec.key}-{uuid.uuid4().hex[:12]}.tar"
+            self.wds = WdsWriter(self.run.fs, self.run.join(WDS, provisional))
+        return self.wds
+
     def _infer(self) -> None:
         start = time.perf_counter()
         by_id = {p.image_id: r for r, p in self.batch}
         done, failed = infer_with_retry([p for _, p in self.batch], self.models, self.handler)
-        self.results.extend(result_row(by_id[p.image_id], p, res) for p, res in done)
+        rows = [result_row(by_id[p.image_id], p, res, self.options.columns) for p, res in done]
+        self.results.extend(rows)
+        if self.options.output_format == "webdataset":
+            for (prepared, _), row in zip(done, rows, strict=True):
+                self._wds_writer().add(row, prepared.raw)
         self.failures.extend(
             failure_row(p.image_id, by_id[p.image_id].uri, STAGE_MODEL, "model-error", err)
             for p, err in failed
@@ -183,20 +204,30 @@ class _Parts:
         counts["failed"] += len(self.failures)
         self.tally.reasons.update(f"{f['stage']}:{f['reason']}" for f in self.failures)
         opts = self.options
+        name = part_name(self.spec.key, self.ids)
+        extra_fields = next((r.extra_fields for r, _ in self.records if r.extra_fields), None)
         written = write_chunk(
             self.run,
-            part_name(self.spec.key, self.ids),
-            results_table(self.results, opts.dim, opts.float16),
+            name,
+            results_table(
+                self.results, opts.dim, opts.float16, bool(opts.thumbnail_px), extra_fields
+            ),  # fmt: skip
             failures_table(self.failures),
         )
         for sub in (PARTS, FAILED):
             self.written[sub].update(written[sub])
-        self.results, self.failures, self.ids = [], [], []
+        if self.wds is not None:  # the tar beside the part, named like it, after it
+            self.wds.path = self.run.join(WDS, name.removesuffix(".parquet") + ".tar")
+            self.written[WDS][posixpath.basename(self.wds.path)] = self.wds.close()
+            self.wds = None
+        self.results, self.failures, self.ids, self.records = [], [], [], []
         self.run.write_progress(self.spec.key, len(self.tally.seen))
         self.clock["write_s"] += time.perf_counter() - start
 
 
-def _marker(spec: ShardSpec, tally: _Tally, written: dict, clock: Counter) -> dict:
+def _marker(
+    spec: ShardSpec, tally: _Tally, written: dict, clock: Counter, filters: Filters
+) -> dict:
     """The spec's done marker: its counts over all its inputs and every part that holds them."""
     counts = tally.counts
     return {
@@ -216,20 +247,33 @@ def _marker(spec: ShardSpec, tally: _Tally, written: dict, clock: Counter) -> di
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "parts": {**{n: None for n in tally.kept[PARTS]}, **written[PARTS]},
         "failed_parts": {**{n: None for n in tally.kept[FAILED]}, **written[FAILED]},
+        "wds": written[WDS],
+        "filters": filters.describe(),
         **{k: round(v, 3) for k, v in clock.items()},
     }
 
 
-def result_row(record: Record, prepared: PreparedImage, result) -> dict:
+def result_row(
+    record: Record, prepared: PreparedImage, result, columns: tuple[str, ...] | None = None
+) -> dict:
+    extra = record.extra
+    if extra and columns is not None:
+        extra = {k: v for k, v in extra.items() if k in columns}
     return {
         "image_id": record.image_id,
         "uri": record.uri,
         "width": prepared.width,
         "height": prepared.height,
+        "orig_width": prepared.orig_width,
+        "orig_height": prepared.orig_height,
+        "bytes": prepared.nbytes,
+        "format": prepared.format,
         "caption": result.caption,
         "embedding": result.embedding,
         "text": record.text,
         "text_score": result.text_score,
+        "thumbnail": prepared.thumbnail,
+        "extra": extra,
     }
 
 

@@ -8,8 +8,10 @@ an interrupted spec.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -32,19 +34,64 @@ def is_part_name(name: str) -> bool:
     return bool(PART_NAME.match(name))
 
 
-def results_table(rows: list[dict], dim: int, float16: bool = True) -> pa.Table:
-    """Rows (image_id, uri, width, height, caption, embedding, text, text_score) to Arrow."""
-    schema = result_schema(dim, float16)
-    value_type = schema.field("embedding").type.value_type
+def results_table(
+    rows: list[dict],
+    dim: int,
+    float16: bool = True,
+    thumbnails: bool = False,
+    extra_fields: list[pa.Field] | None = None,
+) -> pa.Table:
+    """Rows to Arrow: vlpipe's columns (an all-null embedding when `dim` is 0, a captions-only
+    run), then the sources' own columns, typed as the source typed them where it did."""
+    extra = _extra_columns(rows, extra_fields or [])
+    schema = result_schema(dim, float16, embeddings=dim > 0, thumbnails=thumbnails,
+                           extra=[c.field for c in extra])  # fmt: skip
+    columns = {
+        name: pa.array([r.get(name) for r in rows], schema.field(name).type)
+        for name in schema.names
+        if name != "embedding" and name not in {c.field.name for c in extra}
+    }
+    columns["embedding"] = _embeddings(rows, dim, float16)
+    columns.update({c.field.name: c.array for c in extra})
+    return pa.table([columns[n] for n in schema.names], schema=schema)
+
+
+def _embeddings(rows: list[dict], dim: int, float16: bool) -> pa.Array:
+    if dim == 0:
+        return pa.nulls(len(rows))
+    value_type = pa.float16() if float16 else pa.float32()
     matrix = np.stack([r["embedding"] for r in rows]) if rows else np.zeros((0, dim))
     flat = pa.array(matrix.astype(np.float16 if float16 else np.float32).ravel(), value_type)
-    columns = {
-        name: pa.array([r[name] for r in rows], schema.field(name).type)
-        for name in schema.names
-        if name != "embedding"
-    }
-    columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
-    return pa.table([columns[n] for n in schema.names], schema=schema)
+    return pa.FixedSizeListArray.from_arrays(flat, dim)
+
+
+@dataclass
+class _Column:
+    field: pa.Field
+    array: pa.Array
+
+
+def _extra_columns(rows: list[dict], fields: list[pa.Field]) -> list[_Column]:
+    """The user's columns of these rows: the source's Arrow type where it gave one, else
+    inferred; a column whose values share no type is stored as text (JSON where not a str)."""
+    typed = {f.name: f.type for f in fields}
+    names = list(dict.fromkeys(k for r in rows for k in (r.get("extra") or {})))
+    out = []
+    for name in names:
+        values = [(r.get("extra") or {}).get(name) for r in rows]
+        try:
+            array = pa.array(values, typed.get(name))
+        except (pa.ArrowException, TypeError, ValueError):
+            array = pa.array([v if v is None or isinstance(v, str) else _text(v) for v in values])
+        out.append(_Column(pa.field(name, array.type), array))
+    return out
+
+
+def _text(value) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def failures_table(rows: list[dict]) -> pa.Table:
