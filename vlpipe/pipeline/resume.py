@@ -165,12 +165,9 @@ class Resume:
             if not marker["failed_parts"]:
                 continue
             names = list(marker["failed_parts"])
-            kept = (
-                self._filtered_rows(run, names)
-                if marker.get("filters") == filters.describe()
-                else None
-            )
-            if kept is not None and kept.num_rows == marker["failed"]:
+            same_filters = marker.get("filters") == filters.describe()
+            kept, total = self._filtered_rows(run, names) if same_filters else (None, 0)
+            if kept is not None and kept.num_rows == total:
                 continue  # only filtered images failed, and the filters are the same
             failed_parts = {}
             if kept is not None and kept.num_rows:
