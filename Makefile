@@ -11,12 +11,22 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install demo test test-all bench lint format clean
 
+# One line per step; pip's own output is kept to its warnings and errors (-q), so a failure
+# still shows why, and make stops there.
+PIP_INSTALL := $(PIP) install -q --disable-pip-version-check
+
 $(STAMP): setup.py
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e '.[test,s3,dask,serve]' $(TORCH_PIN)
-	touch $(STAMP)
+	@test -d $(VENV) || { echo "creating the virtual environment $(VENV) ($(PYTHON))"; \
+		$(PYTHON) -m venv $(VENV); }
+	@echo "updating pip"
+	@$(PIP_INSTALL) --upgrade pip
+	@echo "installing $(TORCH_PIN) (the first time takes a few minutes)"
+	@$(PIP_INSTALL) $(TORCH_PIN)
+	@echo "installing vlpipe (editable) with its test, s3, dask and serve extras"
+	@$(PIP_INSTALL) -e '.[test,s3,dask,serve]' $(TORCH_PIN)
+	@touch $(STAMP)
+	@echo "installed vlpipe $$($(PY) -c 'import vlpipe; print(vlpipe.__version__)') in $(VENV):" \
+		"run 'source $(VENV)/bin/activate' to use the vlpipe command"
 
 install: $(STAMP)
 

@@ -53,9 +53,21 @@ def write_part(
     captions: list[str] | None = None,
     thumbnails: list[bytes | None] | None = None,
 ) -> str:
-    """One part of result rows (float16 embeddings) with the given vectors and uris; with
-    `thumbnails`, the stored-thumbnail column of a `--save-thumbnails` run too. Columns of the
-    result schema not given here are null, so the helper follows the schema as it grows."""
+    """One part of result rows (float16 embeddings) with the given vectors and uris."""
+    path = run.join(PARTS, name)
+    write_table_atomic(run.fs, path, part_table(vectors, uris, captions, thumbnails))
+    return path
+
+
+def part_table(
+    vectors: np.ndarray,
+    uris: list[str],
+    captions: list[str] | None = None,
+    thumbnails: list[bytes | None] | None = None,
+) -> pa.Table:
+    """Result rows as a part holds them; with `thumbnails`, the stored-thumbnail column of a
+    `--save-thumbnails` run too. Columns of the result schema not given here are null, so the
+    helper follows the schema as it grows."""
     dim = vectors.shape[1]
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1))
     n = len(uris)
@@ -72,12 +84,7 @@ def write_part(
     if thumbnails is not None:
         columns["thumbnail"] = pa.array(thumbnails, pa.binary())
     schema = result_schema(dim, thumbnails=thumbnails is not None)
-    table = pa.table(
-        [columns.get(f.name, pa.nulls(n, f.type)) for f in schema], schema=schema
-    )
-    path = run.join(PARTS, name)
-    write_table_atomic(run.fs, path, table)
-    return path
+    return pa.table([columns.get(f.name, pa.nulls(n, f.type)) for f in schema], schema=schema)
 
 
 def write_manifest(run: RunDir, dim: int, count: int, embedder: dict | None = None) -> None:

@@ -232,3 +232,23 @@ def test_webdataset_output_reads_back_with_webdataset(tiny, tmp_path):  # noqa: 
     for row in rows:  # thumbnails: JPEGs at most 24 px on the longer side
         thumb = Image.open(io.BytesIO(row["thumbnail"]))
         assert thumb.format == "JPEG" and max(thumb.size) <= 24
+
+
+def test_serve_shows_stored_thumbnails_of_a_real_run_after_the_source_is_gone(tiny, tmp_path):  # noqa: F811
+    pytest.importorskip("starlette", reason="needs the 'serve' extra")
+    from starlette.testclient import TestClient
+
+    from vlpipe.index.search import Searcher
+    from vlpipe.serve.app import create_app
+    from vlpipe.serve.thumbnails import ThumbnailCache
+
+    _sample_tar(tmp_path / "s.tar")
+    out = tmp_path / "out"
+    assert run(config(tiny, tmp_path / "s.tar", out, thumbnail_px=32, build_index=True)).ok
+    rows, _ = read_output(str(out))
+    (tmp_path / "s.tar").unlink()  # the source is gone: only the stored thumbnails remain
+    app = create_app(Searcher.open(str(out)), ThumbnailCache(tmp_path / "cache", size=32))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for row in rows:
+            got = client.get(f"/thumb/{row['image_id']}")
+            assert got.status_code == 200 and got.content == row["thumbnail"]

@@ -17,18 +17,27 @@ from vlpipe.index.store import IDMAP_COLUMNS
 IDMAP_SCHEMA = pa.schema(
     [("image_id", pa.string()), ("uri", pa.string()), ("caption", pa.string())]
 )
+#: the id map of a run whose parts store thumbnails: each vector's part file name and row in it
+LOCATED_SCHEMA = IDMAP_SCHEMA.append(pa.field("part", pa.string())).append(
+    pa.field("row", pa.int64())
+)
 
 
 class Adder:
-    """Adds record batches to an index: drops invalid rows and ids already indexed."""
+    """Adds record batches to an index: drops invalid rows and ids already indexed. With
+    `locate`, the id map also records each vector's part and row (vlpipe.index.store)."""
 
-    def __init__(self, index, gt, ids: pa.ChunkedArray | None, dim: int, idmap=None):
+    def __init__(
+        self, index, gt, ids: pa.ChunkedArray | None, dim: int, idmap=None, locate: bool = False
+    ):
         self.index, self.gt, self.dim = index, gt, dim
+        self.schema = LOCATED_SCHEMA if locate else IDMAP_SCHEMA
         self._seen = SeenIds(id_bytes(ids) if ids is not None else None)
         self._tables = [idmap] if idmap is not None else []
         self.added = self.duplicates = self.invalid = 0
 
-    def add(self, batch: pa.RecordBatch) -> None:
+    def add(self, batch: pa.RecordBatch, part: str = "", first_row: int = 0) -> None:
+        """Add a batch that starts at row `first_row` of the part file named `part`."""
         import faiss
 
         vectors, valid = valid_vectors(batch.column("embedding"), self.dim)
@@ -45,8 +54,11 @@ class Adder:
         self.index.add(vectors)
         if self.gt is not None:
             self.gt.add(vectors, first)
-        rows = batch.select(IDMAP_COLUMNS).filter(pa.array(keep))
-        self._tables.append(pa.Table.from_batches([rows]).cast(IDMAP_SCHEMA))
+        rows = pa.Table.from_batches([batch.select(IDMAP_COLUMNS).filter(pa.array(keep))])
+        if self.schema is LOCATED_SCHEMA:
+            rows = rows.append_column("part", pa.repeat(pa.scalar(part, pa.string()), len(rows)))
+            rows = rows.append_column("row", pa.array(np.flatnonzero(keep) + first_row, pa.int64()))
+        self._tables.append(rows.cast(self.schema))
         self.added += len(vectors)
 
     def _unseen(self, ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -61,7 +73,7 @@ class Adder:
 
     def idmap(self) -> pa.Table:
         if not self._tables:
-            return IDMAP_SCHEMA.empty_table()
+            return self.schema.empty_table()
         return pa.concat_tables(self._tables).combine_chunks()
 
     def report(self, corrupt: list[str]) -> dict:

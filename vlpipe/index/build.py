@@ -2,12 +2,15 @@
 
 Vectors stream from the parts batch by batch (Arrow buffers to NumPy, never Python objects per
 row), are re-normalised, deduplicated by image_id and added to the index (vlpipe.index.adder);
-the id map keeps image_id, uri and caption per index row. Approximate kinds are trained on a
-sample and their search knob tuned to recall@10 >= 0.95 against exact search (vlpipe.index.tune).
+the id map keeps image_id, uri and caption per index row, and where the row is in the parts
+when the parts store thumbnails (so `vlpipe serve` reads one thumbnail without a scan).
+Approximate kinds are trained on a sample and their search knob tuned to recall@10 >= 0.95
+against exact search (vlpipe.index.tune).
 
 Incremental: meta.json lists the parts already indexed. A later call adds only new parts' vectors
 (every kind here accepts `add`), and rebuilds from scratch when it must: another embedder, a part
-gone, a size that calls for another kind, or IVF lists that the corpus has outgrown.
+gone, a size that calls for another kind, IVF lists that the corpus has outgrown, or new parts
+that store thumbnails when the id map does not record locations yet.
 `kind="auto"` keeps a kind the user chose explicitly before (pass rebuild=True to choose again).
 """
 
@@ -27,7 +30,14 @@ from vlpipe import __version__
 from vlpipe.errors import VlpipeError
 from vlpipe.index.adder import Adder, valid_vectors
 from vlpipe.index.select import KINDS, IndexPlan, parse_memory, plan_index
-from vlpipe.index.store import FORMAT_VERSION, IDMAP_COLUMNS, IndexDir
+from vlpipe.index.store import (
+    FORMAT_VERSION,
+    IDMAP_COLUMNS,
+    LOCATION_COLUMNS,
+    IndexDir,
+    captions_only,
+    captions_only_error,
+)
 from vlpipe.rundir import PARTS, RunDir
 
 log = logging.getLogger(__name__)
@@ -75,6 +85,8 @@ def _run_embedder(run: RunDir, run_dir: str) -> dict:
         raise VlpipeError(f"corrupt manifest.json in {run_dir}: {exc}") from None
     if manifest is None:
         raise VlpipeError(f"{run_dir} has no manifest.json: not a vlpipe run directory")
+    if captions_only(manifest):
+        raise captions_only_error(run_dir)
     try:
         embedder = dict(manifest["models"]["embedder"])
         embedder["dim"] = int(embedder["dim"])
@@ -100,6 +112,7 @@ class _Job:
         self.run, self.store, self.embedder = run, store, embedder
         self.parts, self.kind, self.budget, self.progress = parts, kind, budget, progress
         self.dim, self.fp16 = embedder["dim"], embedder["fp16"]
+        self.with_thumbnails: set[str] = set()  # parts (of those counted) with stored thumbnails
 
     # ---- full build ----------------------------------------------------------------------------
 
@@ -125,7 +138,8 @@ class _Job:
             order = np.random.default_rng(1).permutation(len(sample))
             _train(index, plan, sample[order[nq:]])
             gt = ExactTopK(make_queries(sample[order[:nq]]))
-        adder = Adder(index, gt, ids=None, dim=self.dim)
+        locate = bool(self.with_thumbnails)
+        adder = Adder(index, gt, ids=None, dim=self.dim, locate=locate)
         done = self._add_parts(adder, list(counts), total)
         meta = {
             "vlpipe_version": __version__,
@@ -142,6 +156,7 @@ class _Job:
             "estimated_bytes": plan.estimated_bytes,
             "trained_count": total if plan.needs_training else 0,
             "parts": done,
+            "locations": locate,
         }
         action = {"action": "built", "reason": reason}
         return self._finish(adder, meta, plan.kind, action, start, "build_seconds")
@@ -178,20 +193,25 @@ class _Job:
             return f"{total} vectors call for {target.kind}, not {meta['kind']}"
         if target.is_ivf and total > RETRAIN_GROWTH * meta["trained_count"]:
             return f"IVF lists trained on {meta['trained_count']} vectors, the run now has {total}"
+        if self.with_thumbnails and not meta.get("locations"):
+            return "new parts store thumbnails: the id map is to record where each row is"
         return self._add_new(meta, counts)
 
     def _add_new(self, meta: dict, counts: dict[str, int]) -> dict | str:
         from vlpipe.index.tune import ExactTopK
 
         start = time.perf_counter()
+        locate = bool(meta.get("locations"))
+        columns = IDMAP_COLUMNS + LOCATION_COLUMNS if locate else IDMAP_COLUMNS
         try:
             index = self.store.read_index(meta)
-            idmap = self.store.read_idmap(meta)
+            idmap = self.store.read_idmap(meta, columns)
             tuning = self.store.read_tuning(meta)
         except (VlpipeError, OSError, ValueError) as exc:
             return f"the index on disk is unreadable ({exc})"
         gt = ExactTopK(tuning["queries"], state=tuning) if tuning is not None else None
-        adder = Adder(index, gt, ids=idmap.column("image_id"), dim=self.dim, idmap=idmap)
+        ids = idmap.column("image_id")
+        adder = Adder(index, gt, ids=ids, dim=self.dim, idmap=idmap, locate=locate)
         done = self._add_parts(adder, list(counts), sum(counts.values()))
         action = {"action": "added", "parts": len(done)}
         if adder.added == 0 and not done:  # only corrupt parts: nothing to write
@@ -240,11 +260,15 @@ class _Job:
             if pf is not None:
                 self._check_dim(pf.schema_arrow, name)
                 counts[name] = pf.metadata.num_rows
+                if "thumbnail" in pf.schema_arrow.names:
+                    self.with_thumbnails.add(name)
         return counts
 
     def _check_dim(self, schema: pa.Schema, name: str) -> None:
         if "embedding" not in schema.names:
             raise VlpipeError(f"part {name} has no embedding column")
+        if pa.types.is_null(schema.field("embedding").type):  # a manifest that did not say so
+            raise captions_only_error(self.run.path)
         size = getattr(schema.field("embedding").type, "list_size", None)
         if size != self.dim:
             raise VlpipeError(
@@ -286,9 +310,11 @@ class _Job:
         with bar:
             for name in names:
                 corrupt_before = len(self.run.corrupt)
+                row = 0  # of the part: batches come in file order
                 for batch in self._batches(name, ["embedding", *IDMAP_COLUMNS]):
-                    adder.add(batch)
+                    adder.add(batch, name, row)
                     bar.update(batch.num_rows)
+                    row += batch.num_rows
                 if len(self.run.corrupt) == corrupt_before:
                     done.append(name)
         return done

@@ -127,10 +127,15 @@ class Searcher:
 
     def uri_of(self, image_id: str) -> str | None:
         """The uri of an indexed image, None when the index does not hold that id."""
+        row = self.row_of(image_id)
+        return None if row is None else self._idmap.column("uri")[row].as_py()
+
+    def row_of(self, image_id: str) -> int | None:
+        """The index row (= id map row) of an indexed image, None when the index lacks it."""
         import pyarrow.compute as pc
 
         row = pc.index(self._idmap.column("image_id"), image_id).as_py()
-        return None if row < 0 else self._idmap.column("uri")[row].as_py()
+        return None if row < 0 else row
 
     # ---- helpers -------------------------------------------------------------------------------
 

@@ -4,7 +4,10 @@
 index/
   meta.json                 written last: names the files below, so it is the commit point
   index-<gen>.faiss         the FAISS index; row i of it is row i of the id map
-  idmap-<gen>.parquet       image_id, uri, caption per index row
+  idmap-<gen>.parquet       image_id, uri, caption per index row; when the run's parts store
+                            thumbnails (`--save-thumbnails`), also part and row: the part file
+                            and row number of the vector, so a server reads one stored thumbnail
+                            without scanning the parts (meta.json says "locations": true)
   tuning-<gen>.npz          tuning queries and their exact top-k (approximate kinds only)
 ```
 
@@ -28,11 +31,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlpipe.errors import VlpipeError
-from vlpipe.rundir import INDEX, TMP_PREFIX, write_atomic, write_table_atomic
+from vlpipe.rundir import INDEX, MANIFEST, TMP_PREFIX, write_atomic, write_table_atomic
 
 META = "meta.json"
 FORMAT_VERSION = 1
 IDMAP_COLUMNS = ["image_id", "uri", "caption"]
+#: where each vector's row lives in the run's parts (runs that store thumbnails only)
+LOCATION_COLUMNS = ["part", "row"]
+#: the embedder name of a run made with `--embedder none` (vlpipe.models.registry.NONE)
+NO_EMBEDDER = "none"
 
 
 @dataclass
@@ -48,9 +55,11 @@ class IndexDir:
 
     @classmethod
     def locate(cls, path: str) -> IndexDir:
-        """A run directory (out/) or its index directory (out/index/); one line if neither."""
+        """A run directory (out/) or its index directory (out/index/); one line if neither, or
+        if the run is captions-only (an index left there from before is not of this run)."""
         fs, root = fsspec.core.url_to_fs(path)
         root = root.rstrip("/") or "/"
+        refuse_captions_only(fs, root, path, "search")
         for folder in (root, posixpath.join(root, INDEX)):
             if fs.exists(posixpath.join(folder, META)):
                 return cls(fs, folder)
@@ -170,6 +179,35 @@ class IndexDir:
             name = posixpath.basename(path)
             if name.startswith(("index-", "idmap-", "tuning-")) and name not in keep:
                 self.fs.rm(path)
+
+
+def captions_only(manifest: dict) -> bool:
+    """Whether a run's manifest.json is of a run made without embeddings (`--embedder none`)."""
+    if not isinstance(manifest, dict):
+        return False
+    mode = manifest.get("mode")
+    if isinstance(mode, dict) and mode.get("embeddings") is False:
+        return True
+    models = manifest.get("models")
+    embedder = models.get("embedder") if isinstance(models, dict) else None
+    return isinstance(embedder, dict) and embedder.get("name") == NO_EMBEDDER
+
+
+def captions_only_error(path: str, verb: str = "index") -> VlpipeError:
+    return VlpipeError(
+        f"{path} is a captions-only run (--embedder none): it has no embeddings to {verb}"
+    )
+
+
+def refuse_captions_only(fs: fsspec.AbstractFileSystem, root: str, path: str, verb: str) -> None:
+    """One line when `root` holds a captions-only run; any other folder passes (the caller
+    says what is wrong with it, if anything)."""
+    try:
+        manifest = json.loads(fs.cat_file(posixpath.join(root, MANIFEST)))
+    except (OSError, ValueError):  # absent, unreadable or not JSON: not this check's business
+        return
+    if captions_only(manifest):
+        raise captions_only_error(path, verb)
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

@@ -5,7 +5,9 @@ Routes:
   GET  /api/search?q=TEXT&k=K    text -> image search
   GET  /api/search?image_id=ID   image -> image search with an indexed image
   POST /api/search?k=K           image -> image search with an uploaded image (multipart `image`)
-  GET  /thumb/{image_id}         JPEG thumbnail of an indexed image
+  GET  /thumb/{image_id}         JPEG thumbnail of an indexed image: the run's stored one
+                                 (--save-thumbnails), else made from the indexed uri (a file,
+                                 any fsspec URL, or a tar member `<tar url>#<member>`)
 
 Safety: images are served by image_id only, and only ids the index knows; no request ever names
 a path that gets opened. Queries, k and uploads are bounded, uploads go through the pipeline's
@@ -30,7 +32,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from vlpipe.errors import VlpipeError
-from vlpipe.serve.thumbnails import SAFE_ID, ThumbnailCache, ThumbnailError, read_source
+from vlpipe.serve.sources import ThumbnailError, read_source
+from vlpipe.serve.stored import StoredThumbnails
+from vlpipe.serve.thumbnails import SAFE_ID, ThumbnailCache
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +58,14 @@ class Limits:
 
 
 class SearchService:
-    """The searcher behind a lock (one model, one query at a time) and the thumbnail cache."""
+    """The searcher behind a lock (one model, one query at a time), the thumbnail cache and the
+    run's stored thumbnails (None when it has none)."""
 
     def __init__(self, searcher, thumbs: ThumbnailCache, limits: Limits):
         self.searcher = searcher
         self.thumbs = thumbs
         self.limits = limits
+        self.stored = StoredThumbnails.of(searcher)
         self._lock = threading.Lock()
 
     def by_text(self, query: str, k: int) -> list:
@@ -77,11 +83,14 @@ class SearchService:
             return self.searcher.search_image([image], self._k(k))[0]
 
     def by_indexed_image(self, image_id: str, k: int) -> list:
+        """The source image as the query; the stored thumbnail when the source is gone."""
         uri = self.uri_of(image_id)
         try:
             data = read_source(uri, self.thumbs.max_source_bytes)
         except ThumbnailError as exc:
-            raise HTTPException(404 if exc.missing else 422, str(exc)) from None
+            data = self._stored(image_id) if exc.missing else None
+            if data is None:
+                raise HTTPException(404 if exc.missing else 422, str(exc)) from None
         return self.by_image(data, k)
 
     def _k(self, k: int) -> int:
@@ -97,9 +106,16 @@ class SearchService:
     def thumbnail(self, image_id: str) -> bytes:
         uri = self.uri_of(image_id)
         try:
-            return self.thumbs.get(image_id, uri)
+            return self.thumbs.get(image_id, uri, lambda: self._stored(image_id))
         except ThumbnailError as exc:
             raise HTTPException(404 if exc.missing else 422, str(exc)) from None
+
+    def _stored(self, image_id: str) -> bytes | None:
+        """The run's own thumbnail of an indexed image (read only on a cache miss)."""
+        if self.stored is None:
+            return None
+        row = self.searcher.row_of(image_id)
+        return None if row is None else self.stored.get(row)
 
 
 def _hit_json(hit) -> dict:

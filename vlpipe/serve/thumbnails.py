@@ -3,6 +3,8 @@
 The caller passes an image_id it has already looked up in the index and the uri the index holds
 for it; nothing here ever opens a path that came from a request. Cache files are named by the
 image_id alone (checked to be hex), so a cache entry cannot point outside the cache directory.
+A thumbnail the run stored itself (`--save-thumbnails`, vlpipe.serve.stored) is preferred to
+reading the source, and cached the same way.
 """
 
 from __future__ import annotations
@@ -11,19 +13,14 @@ import io
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-import fsspec
+from vlpipe.serve.sources import ThumbnailError, read_source
+
+__all__ = ["SAFE_ID", "ThumbnailCache", "ThumbnailError", "default_cache_dir", "read_source"]
 
 SAFE_ID = re.compile(r"^[0-9a-f]{8,64}$")
-
-
-class ThumbnailError(Exception):
-    """The source image of a thumbnail cannot be read (`missing`) or decoded."""
-
-    def __init__(self, message: str, missing: bool = False):
-        super().__init__(message)
-        self.missing = missing
 
 
 def default_cache_dir(index: str) -> Path:
@@ -48,20 +45,28 @@ class ThumbnailCache:
             raise ValueError(f"not an image id: {image_id!r}")
         return self.dir / f"{image_id}-{self.size}.jpg"
 
-    def get(self, image_id: str, uri: str) -> bytes:
-        """The cached thumbnail, or a new one made from `uri` (raises ThumbnailError)."""
+    def get(
+        self, image_id: str, uri: str, stored: Callable[[], bytes | None] | None = None
+    ) -> bytes:
+        """The cached thumbnail, else the run's stored one (`stored()`, as it is: the run chose
+        its size), else a new one made from `uri` (raises ThumbnailError)."""
         path = self.path(image_id)
         try:
             return path.read_bytes()
         except FileNotFoundError:
             pass
-        data = self._make(read_source(uri, self.max_source_bytes))
+        data = stored() if stored is not None else None
+        if data is None:
+            data = self._make(read_source(uri, self.max_source_bytes))
+        self._save(path, data)
+        return data
+
+    def _save(self, path: Path, data: bytes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".jpg")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)  # atomic: concurrent requests never see half a file
-        return data
 
     def _make(self, source: bytes) -> bytes:
         from vlpipe.transforms.decode import DecodeError, decode_image
@@ -74,17 +79,3 @@ class ThumbnailCache:
         buf = io.BytesIO()
         image.save(buf, "JPEG", quality=85, optimize=True)
         return buf.getvalue()
-
-
-def read_source(uri: str, max_bytes: int) -> bytes:
-    """The bytes at an indexed uri (local path or any fsspec URL), at most `max_bytes`."""
-    try:
-        with fsspec.open(uri, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise ThumbnailError("the indexed image is no longer readable", missing=True) from None
-    except OSError as exc:
-        raise ThumbnailError(f"cannot read the indexed image: {exc}", missing=True) from None
-    if len(data) > max_bytes:
-        raise ThumbnailError(f"the indexed image is over {max_bytes // 2**20} MB")
-    return data
