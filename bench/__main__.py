@@ -30,6 +30,7 @@ BENCHMARKS = {
     "index": ("bench.bench_index", False),
     "gpu": ("bench.gpu", False),
     "orchestration": ("bench.orchestration", False),
+    "modes": ("bench.modes", False),
 }
 
 

@@ -27,6 +27,7 @@ RENDERERS = {
     "tower": "bench.tower",
     "gpu": "bench.gpu",
     "orchestration": "bench.orchestration",
+    "modes": "bench.modes",
 }
 
 

@@ -22,7 +22,7 @@ from vlpipe.errors import VlpipeError
 from vlpipe.index.build import build_index
 from vlpipe.index.search import Searcher
 from vlpipe.index.select import FLAT_THRESHOLD, parse_memory, plan_index
-from vlpipe.index.store import IndexDir
+from vlpipe.index.store import IDMAP_COLUMNS, IndexDir
 from vlpipe.index.tune import make_queries, recall_at_k
 from vlpipe.rundir import RunDir, write_table_atomic
 from vlpipe.schema import image_id
@@ -413,23 +413,20 @@ def assert_locations_match_parts(out: Path) -> None:
         assert held == entry["image_id"]
 
 
-def test_id_map_records_part_and_row_when_parts_store_thumbnails(tmp_path):
+def test_id_map_records_part_and_row_of_every_vector(tmp_path):
     out = tmp_path / "out"
     run = write_synthetic_run(str(out), 300, DIM, part_rows=300)
     meta = build_index(run.path, progress=False)
-    assert meta["locations"] is False  # no stored thumbnails: the id map stays lean
+    assert meta["locations"] is True  # filters, columns and thumbnails read only the hits
     store = IndexDir.locate(run.path)
-    assert store.read_idmap(meta).column_names == ["image_id", "uri", "caption"]
-
-    # parts that store thumbnails arrive: the index is rebuilt once to record locations
-    thumbs_part(run, "part-00001.parquet", 50, seed=3, reuse=["synthetic/0/00000007.jpg"])
-    meta = build_index(run.path, progress=False)
-    assert meta["locations"] is True and meta["last_action"]["action"] == "built"
-    assert "thumbnails" in meta["last_action"]["reason"]
-    assert meta["count"] == 350
+    assert store.read_idmap(meta, IDMAP_COLUMNS + ["part", "row"]).num_rows == 300
     assert_locations_match_parts(out)
 
-    # later parts are added in place, rows counted across batches and past duplicates
+    # parts that store thumbnails arrive: added in place, rows counted past duplicates
+    thumbs_part(run, "part-00001.parquet", 50, seed=3, reuse=["synthetic/0/00000007.jpg"])
+    meta = build_index(run.path, progress=False)
+    assert meta["last_action"]["action"] == "added" and meta["count"] == 350
+    assert_locations_match_parts(out)
     thumbs_part(run, "part-00002.parquet", 40, seed=4, reuse=["thumbs/3/5.jpg"])
     meta = build_index(run.path, progress=False)
     assert meta["last_action"]["action"] == "added" and meta["count"] == 390

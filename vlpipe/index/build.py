@@ -3,14 +3,14 @@
 Vectors stream from the parts batch by batch (Arrow buffers to NumPy, never Python objects per
 row), are re-normalised, deduplicated by image_id and added to the index (vlpipe.index.adder);
 the id map keeps image_id, uri and caption per index row, and where the row is in the parts
-when the parts store thumbnails (so `vlpipe serve` reads one thumbnail without a scan).
+(part file and row), so search reads a hit's columns, embedding or thumbnail without a scan.
 Approximate kinds are trained on a sample and their search knob tuned to recall@10 >= 0.95
 against exact search (vlpipe.index.tune).
 
 Incremental: meta.json lists the parts already indexed. A later call adds only new parts' vectors
 (every kind here accepts `add`), and rebuilds from scratch when it must: another embedder, a part
-gone, a size that calls for another kind, IVF lists that the corpus has outgrown, or new parts
-that store thumbnails when the id map does not record locations yet.
+gone, a size that calls for another kind, IVF lists that the corpus has outgrown, or an id map
+of an older vlpipe that does not record locations.
 `kind="auto"` keeps a kind the user chose explicitly before (pass rebuild=True to choose again).
 """
 
@@ -138,7 +138,7 @@ class _Job:
             order = np.random.default_rng(1).permutation(len(sample))
             _train(index, plan, sample[order[nq:]])
             gt = ExactTopK(make_queries(sample[order[:nq]]))
-        locate = bool(self.with_thumbnails)
+        locate = True  # where each row is: filters, columns and thumbnails read only the hits
         adder = Adder(index, gt, ids=None, dim=self.dim, locate=locate)
         done = self._add_parts(adder, list(counts), total)
         meta = {
@@ -193,8 +193,8 @@ class _Job:
             return f"{total} vectors call for {target.kind}, not {meta['kind']}"
         if target.is_ivf and total > RETRAIN_GROWTH * meta["trained_count"]:
             return f"IVF lists trained on {meta['trained_count']} vectors, the run now has {total}"
-        if self.with_thumbnails and not meta.get("locations"):
-            return "new parts store thumbnails: the id map is to record where each row is"
+        if not meta.get("locations"):
+            return "the id map of an older index does not record where each row is"
         return self._add_new(meta, counts)
 
     def _add_new(self, meta: dict, counts: dict[str, int]) -> dict | str:
