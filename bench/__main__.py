@@ -31,6 +31,7 @@ BENCHMARKS = {
     "gpu": ("bench.gpu", False),
     "orchestration": ("bench.orchestration", False),
     "modes": ("bench.modes", False),
+    "hybrid": ("bench.hybrid", False),
 }
 
 

@@ -28,6 +28,7 @@ RENDERERS = {
     "gpu": "bench.gpu",
     "orchestration": "bench.orchestration",
     "modes": "bench.modes",
+    "hybrid": "bench.hybrid",
 }
 
 

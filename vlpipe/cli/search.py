@@ -13,6 +13,9 @@ import click
 
 from vlpipe.errors import VlpipeError
 
+#: hits per query printed (more go to a file with --output)
+SCREEN_K = 1000
+
 
 @click.command("search")
 @click.argument("query", required=False)
@@ -27,9 +30,24 @@ from vlpipe.errors import VlpipeError
     type=int,
     default=10,
     show_default=True,
-    help="Hits per query, 1..1000 (an index smaller than k returns all it has).",
+    help="Hits per query, 1..1000 (10,000 with --output; a smaller index returns all it has).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per hit per line.")
+@click.option(
+    "--where", default=None,
+    help="Only rows matching this filter, e.g. \"license = 'cc-by' AND orig_width >= 512\".",
+)  # fmt: skip
+@click.option(
+    "--mode", type=click.Choice(["vector", "keyword", "hybrid"]), default=None,
+    help="Text queries: vector, keyword (BM25 over captions and alt text) or hybrid"
+    " [default: hybrid when the index has a keyword index].",
+)  # fmt: skip
+@click.option("--columns", default=None, help="Comma-separated run columns to add to each hit.")
+@click.option("--embeddings", is_flag=True, help="Add each hit's stored embedding (--json, -o).")
+@click.option(
+    "-o", "--output", "output", default=None,
+    help="Write every hit of every query to this Parquet file (k up to 10,000).",
+)  # fmt: skip
 @click.option("--embedder", default=None, help="Query embedder [default: the index's own].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 def command(
@@ -39,6 +57,11 @@ def command(
     queries_file: str | None,
     k: int,
     as_json: bool,
+    where: str | None,
+    mode: str | None,
+    columns: str | None,
+    embeddings: bool,
+    output: str | None,
     embedder: str | None,
     device: str,
 ) -> None:
@@ -61,10 +84,16 @@ def command(
             "give exactly one of QUERY, --image or --queries"
             + (f" (got {' and '.join(given)})" if given else "")
         )
-    from vlpipe.index.search import MAX_K, Searcher
+    from vlpipe.index.results import MAX_K_OUT
+    from vlpipe.index.search import Searcher
 
-    if not 1 <= k <= MAX_K:
-        raise VlpipeError(f"-k must be between 1 and {MAX_K}, got {k}")
+    limit = MAX_K_OUT if output else SCREEN_K
+    if not 1 <= k <= limit:
+        more = "" if output else f" (up to {MAX_K_OUT} with --output)"
+        raise VlpipeError(f"-k must be between 1 and {limit}, got {k}{more}")
+    if mode is not None and (image is not None):
+        raise VlpipeError("--mode applies to text queries, not --image")
+    wanted = [c.strip() for c in (columns or "").split(",") if c.strip()]
     texts = _read_queries(queries_file) if queries_file is not None else [query]
     if image is None and any(not t.strip() for t in texts):
         raise VlpipeError("empty query: give some words to search for")
@@ -72,9 +101,22 @@ def command(
 
     searcher = Searcher.open(index, embedder=embedder, device=device)
     if picture is not None:
-        labels, kind, results = [image], "image", searcher.search_image([picture], k)
+        labels, kind = [image], "image"
+        results = searcher.search_image([picture], k, where=where)
     else:
-        labels, kind, results = texts, "text", searcher.search_text(texts, k)
+        labels, kind = texts, "text"
+        results = searcher.search_text(texts, k, mode=mode, where=where)
+    if wanted or embeddings:
+        from vlpipe.index.results import attach
+
+        attach(searcher.rows(), results, wanted, embeddings)
+    if output:
+        from vlpipe.index.results import hits_table, write_hits
+
+        write_hits(output, hits_table(labels, results, wanted))
+        count = sum(len(h) for h in results)
+        click.echo(f"wrote {count} hits of {len(labels)} queries to {output}")
+        return
     for label, hits in zip(labels, results, strict=True):
         if as_json:
             for hit in hits:

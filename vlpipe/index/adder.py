@@ -12,11 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vlpipe.index.store import IDMAP_COLUMNS
+from vlpipe.index.store import IDMAP_COLUMNS, TEXT_COLUMN
 
+#: text is the row's alt text (null where the source had none): the keyword index reads it
 IDMAP_SCHEMA = pa.schema(
     [("image_id", pa.string()), ("uri", pa.string()), ("caption", pa.string())]
-)
+).append(pa.field(TEXT_COLUMN, pa.string()))
 #: the id map of a run whose parts store thumbnails: each vector's part file name and row in it
 LOCATED_SCHEMA = IDMAP_SCHEMA.append(pa.field("part", pa.string())).append(
     pa.field("row", pa.int64())
@@ -33,7 +34,7 @@ class Adder:
         self.index, self.gt, self.dim = index, gt, dim
         self.schema = LOCATED_SCHEMA if locate else IDMAP_SCHEMA
         self._seen = SeenIds(id_bytes(ids) if ids is not None else None)
-        self._tables = [idmap] if idmap is not None else []
+        self._tables = [idmap.select(self.schema.names)] if idmap is not None else []
         self.added = self.duplicates = self.invalid = 0
 
     def add(self, batch: pa.RecordBatch, part: str = "", first_row: int = 0) -> None:
@@ -55,6 +56,9 @@ class Adder:
         if self.gt is not None:
             self.gt.add(vectors, first)
         rows = pa.Table.from_batches([batch.select(IDMAP_COLUMNS).filter(pa.array(keep))])
+        text = batch.column(TEXT_COLUMN) if TEXT_COLUMN in batch.schema.names else None
+        text = pa.nulls(len(keep), pa.string()) if text is None else text  # parts without one
+        rows = rows.append_column(TEXT_COLUMN, text.filter(pa.array(keep)))
         if self.schema is LOCATED_SCHEMA:
             rows = rows.append_column("part", pa.repeat(pa.scalar(part, pa.string()), len(rows)))
             rows = rows.append_column("row", pa.array(np.flatnonzero(keep) + first_row, pa.int64()))

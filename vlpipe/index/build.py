@@ -10,7 +10,9 @@ against exact search (vlpipe.index.tune).
 Incremental: meta.json lists the parts already indexed. A later call adds only new parts' vectors
 (every kind here accepts `add`), and rebuilds from scratch when it must: another embedder, a part
 gone, a size that calls for another kind, IVF lists that the corpus has outgrown, or an id map
-of an older vlpipe that does not record locations.
+of an older vlpipe that does not record locations or has no keyword index beside it.
+Every generation also gets a keyword index (BM25 over caption + alt text, vlpipe.index.keyword),
+rebuilt from the whole id map each time: it has no incremental add.
 `kind="auto"` keeps a kind the user chose explicitly before (pass rebuild=True to choose again).
 """
 
@@ -34,6 +36,7 @@ from vlpipe.index.store import (
     FORMAT_VERSION,
     IDMAP_COLUMNS,
     LOCATION_COLUMNS,
+    TEXT_COLUMN,
     IndexDir,
     captions_only,
     captions_only_error,
@@ -113,6 +116,7 @@ class _Job:
         self.parts, self.kind, self.budget, self.progress = parts, kind, budget, progress
         self.dim, self.fp16 = embedder["dim"], embedder["fp16"]
         self.with_thumbnails: set[str] = set()  # parts (of those counted) with stored thumbnails
+        self.with_text: set[str] = set()  # parts (of those counted) with an alt text column
 
     # ---- full build ----------------------------------------------------------------------------
 
@@ -195,6 +199,8 @@ class _Job:
             return f"IVF lists trained on {meta['trained_count']} vectors, the run now has {total}"
         if not meta.get("locations"):
             return "the id map of an older index does not record where each row is"
+        if not meta["files"].get("keyword"):
+            return "the index predates keyword search: its id map lacks the rows' alt texts"
         return self._add_new(meta, counts)
 
     def _add_new(self, meta: dict, counts: dict[str, int]) -> dict | str:
@@ -203,6 +209,7 @@ class _Job:
         start = time.perf_counter()
         locate = bool(meta.get("locations"))
         columns = IDMAP_COLUMNS + LOCATION_COLUMNS if locate else IDMAP_COLUMNS
+        columns = columns + [TEXT_COLUMN]  # an index with a keyword index has it
         try:
             index = self.store.read_index(meta)
             idmap = self.store.read_idmap(meta, columns)
@@ -247,10 +254,14 @@ class _Job:
                     "tuning_queries": 0,
                 }
             )
+        from vlpipe.index.keyword import KeywordIndex
+
+        idmap = adder.idmap()
+        keyword = KeywordIndex.build(idmap)  # every row, in id map order: doc id = row
         meta[timer] = round(time.perf_counter() - start, 3)
         meta["updated"] = _now()
         meta["last_action"] = {**action, **adder.report(self.run.corrupt)}
-        return self.store.write(adder.index, adder.idmap(), tuning_state, meta)
+        return self.store.write(adder.index, idmap, tuning_state, meta, keyword)
 
     def _row_counts(self, names: list[str]) -> dict[str, int]:
         """Rows per readable part, from Parquet footers (corrupt parts are left out)."""
@@ -260,6 +271,8 @@ class _Job:
             if pf is not None:
                 self._check_dim(pf.schema_arrow, name)
                 counts[name] = pf.metadata.num_rows
+                if TEXT_COLUMN in pf.schema_arrow.names:
+                    self.with_text.add(name)
                 if "thumbnail" in pf.schema_arrow.names:
                     self.with_thumbnails.add(name)
         return counts
@@ -311,7 +324,8 @@ class _Job:
             for name in names:
                 corrupt_before = len(self.run.corrupt)
                 row = 0  # of the part: batches come in file order
-                for batch in self._batches(name, ["embedding", *IDMAP_COLUMNS]):
+                text = [TEXT_COLUMN] if name in self.with_text else []
+                for batch in self._batches(name, ["embedding", *IDMAP_COLUMNS, *text]):
                     adder.add(batch, name, row)
                     bar.update(batch.num_rows)
                     row += batch.num_rows

@@ -8,7 +8,7 @@ in NumPy, models/mini/text_query.py), so `vlpipe search` starts fast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,12 +21,31 @@ if TYPE_CHECKING:
 
     from vlpipe.models.base import Embedder
 
-MAX_K = 1000
+MAX_K = 10_000  # the CLI allows 1,000 on screen, 10,000 into a file; the API pages to 10,000
 TEXT_BATCH = 64
 # Fewer queries than this run on one OpenMP thread: a handful of queries gains nothing from more,
 # and on a busy machine the threads' barrier spinning costs 5-20x (100k exact index, one query:
 # 10.5 ms on one thread, 66 ms on two while other processes held both cores).
 ONE_THREAD_BELOW = 16
+#: search_text's modes: vector (embedding similarity), keyword (BM25 over caption + alt text,
+#: vlpipe.index.keyword) and hybrid (reciprocal rank fusion of the two, `fuse`)
+MODES = ("vector", "keyword", "hybrid")
+#: the mode when none is given and the index has a keyword index (else it is vector). Hybrid
+#: only while its R@1 and R@10 are not below vector's on Flickr8k dev (bench/hybrid.py): they
+#: are (0.101 / 0.412 against 0.233 / 0.666 with vlpipe-mini), so vector; ask for hybrid by name
+KEYWORD_DEFAULT = "vector"
+#: weighted reciprocal rank fusion (Cormack, Clarke & Buettcher, SIGIR 2009): a hybrid hit
+#: scores, over the two rankings that hold it, 1 / (RRF_K + vector rank) + w / (RRF_K + keyword
+#: rank), ranks counted from 1, each ranking taken to depth max(k, RRF_DEPTH). The keyword
+#: weight w says how much a keyword match means for this query: RARE_WEIGHT when the query's
+#: rarest word is in at most RARE_SHARE of the rows (a product name, a brand: the vector side
+#: cannot know it, the keyword side finds exactly those rows), COMMON_WEIGHT otherwise (everyday
+#: words: BM25 over captions is a weak ranker, bench/hybrid.py, so it only breaks ties)
+RRF_K = 60
+RRF_DEPTH = 100
+RARE_SHARE = 0.02
+RARE_WEIGHT = 4.0
+COMMON_WEIGHT = 0.1
 
 
 @dataclass
@@ -36,25 +55,52 @@ class Hit:
     image_id: str
     uri: str
     caption: str | None
+    #: which ranking found the hit: "vector", "keyword" or, in hybrid mode, "both"
+    found_by: str = "vector"
+    row: int = -1  # the index row (= id map row): where columns and the embedding are found
+    columns: dict | None = None  # run columns asked for (vlpipe.index.results.attach)
+    embedding: np.ndarray | None = None  # the stored vector, when asked for
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "rank": self.rank,
             "score": round(self.score, 6),
             "image_id": self.image_id,
             "uri": self.uri,
             "caption": self.caption,
+            "found_by": self.found_by,
         }
+        if self.columns is not None:
+            out["columns"] = {k: _jsonable(v) for k, v in self.columns.items()}
+        if self.embedding is not None:
+            out["embedding"] = [round(float(x), 6) for x in self.embedding]
+        return out
+
+
+def _jsonable(value):
+    """Run columns as JSON: timestamps as ISO text, bytes left out."""
+    import datetime as dt
+
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return None
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 class Searcher:
-    """An open index. `k` is 1..1000; a k above the index's size returns every vector."""
+    """An open index. `k` is 1..10,000; a k above the index's size returns every vector."""
 
     def __init__(self, store: IndexDir, meta: dict, index, idmap, embedder: str, device: str):
         self.store, self.meta, self._index, self._idmap = store, meta, index, idmap
         self.embedder_name, self.device = embedder, device
+        self._rows = None
         self._embedder: Embedder | None = None
         self._text_queries = None
+        self._keyword = None  # vlpipe.index.keyword.KeywordIndex, read on first use
+        self._row_filter = None  # vlpipe.index.where_rows.RowFilter, made by the first filter
 
     @classmethod
     def open(cls, index: str, embedder: str | None = None, device: str = "cpu") -> Searcher:
@@ -88,10 +134,28 @@ class Searcher:
 
     # ---- queries -------------------------------------------------------------------------------
 
-    def search_text(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
+    @property
+    def has_keywords(self) -> bool:
+        """Whether the index has a keyword index (those built before it have none)."""
+        return bool(self.meta["files"].get("keyword"))
+
+    @property
+    def default_mode(self) -> str:
+        return KEYWORD_DEFAULT if self.has_keywords else "vector"
+
+    def search_text(
+        self, queries: list[str], k: int = 10, mode: str | None = None, where: str | None = None
+    ) -> list[list[Hit]]:
+        """Images for each text query. `mode` (see MODES; None: `default_mode`): keyword hits
+        are images whose caption or alt text holds a query word, so there may be fewer than k
+        (none at all when no image holds one); hybrid fuses both rankings (`fuse`). `where`
+        keeps only images whose row satisfies that filter (`search_vectors`)."""
         k = self._check_k(k)
         if not queries or any(not q or not q.strip() for q in queries):
             raise VlpipeError("empty query: give some words to search for")
+        mode = self._check_mode(mode)
+        if mode == "keyword":
+            return self._search_keywords(queries, k, where)
         embedder = self._load_text_queries()
         vectors = np.concatenate(
             [
@@ -99,9 +163,23 @@ class Searcher:
                 for i in range(0, len(queries), TEXT_BATCH)
             ]
         )
-        return self.search_vectors(vectors, k)
+        if mode == "vector":
+            return self.search_vectors(vectors, k, where)
+        depth = max(k, RRF_DEPTH)
+        by_vector = self.search_vectors(vectors, depth, where)
+        by_keyword = self._search_keywords(queries, depth, where)
+        weights = [
+            RARE_WEIGHT if share <= RARE_SHARE else COMMON_WEIGHT
+            for share in self._keyword.rarest_share(queries)
+        ]
+        return [
+            fuse(v, w, k, weight)
+            for v, w, weight in zip(by_vector, by_keyword, weights, strict=True)
+        ]
 
-    def search_image(self, images: list[Image.Image], k: int = 10) -> list[list[Hit]]:
+    def search_image(
+        self, images: list[Image.Image], k: int = 10, where: str | None = None
+    ) -> list[list[Hit]]:
         k = self._check_k(k)
         if not images:
             raise VlpipeError("no query image given")
@@ -109,10 +187,14 @@ class Searcher:
 
         embedder = self._load_embedder()
         pixels = torch.stack([embedder.preprocess(im.convert("RGB")) for im in images])
-        return self.search_vectors(embedder.embed_images(pixels), k)
+        return self.search_vectors(embedder.embed_images(pixels), k, where)
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        """Nearest indexed images by cosine similarity to each row of `vectors`."""
+    def search_vectors(
+        self, vectors: np.ndarray, k: int, where: str | None = None
+    ) -> list[list[Hit]]:
+        """Nearest indexed images by cosine similarity to each row of `vectors`. `where` (a
+        filter over the run's columns, vlpipe.index.where; None or blank: none) keeps only the
+        images whose row satisfies it: k of them whenever k do."""
         import faiss
 
         k = min(self._check_k(k), self.size)
@@ -122,8 +204,35 @@ class Searcher:
                 f"query vectors have dimension {vectors.shape[1]}, the index {self.dim}"
             )
         faiss.normalize_L2(vectors)
-        scores, rows = self._search(vectors, k)
+        if where is not None and where.strip():
+            scores, rows = self._search_where(vectors, k, where)
+        else:
+            scores, rows = self._search(vectors, k)
         return [self._hits(s, r) for s, r in zip(scores, rows, strict=True)]
+
+    def filter_rows(self, where: str) -> np.ndarray:
+        """Sorted index rows (id map rows) whose run row satisfies the filter `where`; one-line
+        VlpipeError when it is malformed or names unknown columns (vlpipe.index.where_rows)."""
+        if self._row_filter is None:
+            from vlpipe.index.where_rows import RowFilter
+
+            self._row_filter = RowFilter(self.store, self.meta, self._idmap)
+        return self._row_filter.rows(where)
+
+    def _search_where(
+        self, vectors: np.ndarray, k: int, where: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        from vlpipe.index.filtered import filtered_search
+
+        return filtered_search(self._index, vectors, k, self.filter_rows(where), self.size)
+
+    def rows(self):
+        """A RowReader over this index's run: hits' columns and embeddings, read on demand."""
+        if self._rows is None:
+            from vlpipe.index.rows import RowReader
+
+            self._rows = RowReader(self.store, self.meta)
+        return self._rows
 
     def uri_of(self, image_id: str) -> str | None:
         """The uri of an indexed image, None when the index does not hold that id."""
@@ -138,6 +247,38 @@ class Searcher:
         return None if row < 0 else row
 
     # ---- helpers -------------------------------------------------------------------------------
+
+    def _check_mode(self, mode: str | None) -> str:
+        if mode is None:
+            return self.default_mode
+        if mode not in MODES:
+            raise VlpipeError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+        if mode != "vector" and not self.has_keywords:
+            raise VlpipeError(
+                f"the index at {self.store.folder} has no keyword index (built by an older "
+                f"vlpipe), so no {mode} search: rebuild it with `vlpipe index <run dir> --rebuild`"
+            )
+        return mode
+
+    def _search_keywords(
+        self, queries: list[str], k: int, where: str | None = None
+    ) -> list[list[Hit]]:
+        """BM25 hits per query, at most k, only images that hold a query word (and, with
+        `where`, whose row satisfies it: BM25 then ranks every row, and the filter picks)."""
+        if self._keyword is None:
+            self._keyword = self.store.read_keyword(self.meta)
+        allowed = self.filter_rows(where) if where is not None and where.strip() else None
+        results = []
+        depth = self.size if allowed is not None else min(k, self.size)
+        for rows, scores in self._keyword.search(queries, depth):
+            if allowed is not None:
+                keep = np.isin(rows, allowed)
+                rows, scores = rows[keep][:k], scores[keep][:k]
+            hits = self._hits(scores, rows)
+            for hit in hits:
+                hit.found_by = "keyword"
+            results.append(hits)
+        return results
 
     def _search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import faiss
@@ -155,10 +296,11 @@ class Searcher:
         found = rows >= 0  # approximate indexes may return fewer than k
         rows, scores = rows[found], scores[found]
         picked = self._idmap.take(rows).to_pydict()
+        columns = (picked["image_id"], picked["uri"], picked["caption"], rows.tolist())
         return [
-            Hit(rank + 1, float(score), image_id, uri, caption)
-            for rank, (score, image_id, uri, caption) in enumerate(
-                zip(scores, picked["image_id"], picked["uri"], picked["caption"], strict=True)
+            Hit(rank + 1, float(score), image_id, uri, caption, row=row)
+            for rank, (score, image_id, uri, caption, row) in enumerate(
+                zip(scores, *columns, strict=True)
             )
         ]
 
@@ -199,3 +341,25 @@ class Searcher:
                 f"{embedder.fingerprint()}): search with the index's embedder or rebuild it"
             )
         return embedder
+
+
+def fuse(
+    by_vector: list[Hit], by_keyword: list[Hit], k: int, keyword_weight: float = 1.0
+) -> list[Hit]:
+    """Weighted reciprocal rank fusion of one query's two rankings (each best first, ranks from
+    1): an image scores the sum of weight / (RRF_K + rank) over the rankings that hold it (the
+    vector ranking's weight is 1), and is found_by "both" when both do. Ties keep the vector
+    ranking's order, then the keyword ranking's. Images are told apart by image_id, which is
+    unique in an index."""
+    fused: dict[str, list] = {}
+    for source, hits in (("vector", by_vector), ("keyword", by_keyword)):
+        weight = keyword_weight if source == "keyword" else 1.0
+        for hit in hits:
+            entry = fused.setdefault(hit.image_id, [0.0, hit, []])
+            entry[0] += weight / (RRF_K + hit.rank)
+            entry[2].append(source)
+    ordered = sorted(fused.values(), key=lambda entry: -entry[0])  # stable
+    return [
+        replace(hit, rank=rank, score=score, found_by="both" if len(found) == 2 else found[0])
+        for rank, (score, hit, found) in enumerate(ordered[:k], 1)
+    ]

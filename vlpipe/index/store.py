@@ -7,8 +7,12 @@ index/
   idmap-<gen>.parquet       image_id, uri, caption per index row; when the run's parts store
                             thumbnails (`--save-thumbnails`), also part and row: the part file
                             and row number of the vector, so a server reads one stored thumbnail
-                            without scanning the parts (meta.json says "locations": true)
+                            without scanning the parts (meta.json says "locations": true);
+                            and `text`, the row's alt text (the keyword index's input besides
+                            the caption; id maps written before the keyword index lack it)
   tuning-<gen>.npz          tuning queries and their exact top-k (approximate kinds only)
+  keyword-<gen>/            BM25 over caption + alt text, document i = id map row i
+                            (vlpipe.index.keyword; indexes built before it have none)
 ```
 
 Every build writes a new generation (a fresh `<gen>`) beside the old one, each file to a temp name
@@ -38,6 +42,8 @@ FORMAT_VERSION = 1
 IDMAP_COLUMNS = ["image_id", "uri", "caption"]
 #: where each vector's row lives in the run's parts (runs that store thumbnails only)
 LOCATION_COLUMNS = ["part", "row"]
+#: the row's alt text, kept for the keyword index (not read by searches)
+TEXT_COLUMN = "text"
 #: the embedder name of a run made with `--embedder none` (vlpipe.models.registry.NONE)
 NO_EMBEDDER = "none"
 
@@ -136,6 +142,23 @@ class IndexDir:
             )
         return table
 
+    def read_keyword(self, meta: dict):
+        """The keyword index (vlpipe.index.keyword.KeywordIndex) meta.json names, None for an
+        index built without one; one line when it is missing or unreadable."""
+        name = meta["files"].get("keyword")
+        if not name:
+            return None
+        from vlpipe.index.keyword import KeywordIndex
+
+        path = self.join(name)
+        try:
+            return KeywordIndex.load(self.fs, path, self.is_local, meta["count"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise VlpipeError(
+                f"corrupt or missing keyword index {self.fs.unstrip_protocol(path)}: {exc}; "
+                "rebuild it with `vlpipe index <run dir> --rebuild`"
+            ) from None
+
     def read_tuning(self, meta: dict) -> dict[str, np.ndarray] | None:
         name = meta["files"].get("tuning")
         if not name or not self.fs.exists(self.join(name)):
@@ -146,14 +169,24 @@ class IndexDir:
     # ---- writing -------------------------------------------------------------------------------
 
     def write(
-        self, index, idmap: pa.Table, tuning: dict[str, np.ndarray] | None, meta: dict
+        self,
+        index,
+        idmap: pa.Table,
+        tuning: dict[str, np.ndarray] | None,
+        meta: dict,
+        keyword=None,
     ) -> dict:
-        """Write a new generation, then meta.json naming it, then drop older generations."""
+        """Write a new generation, then meta.json naming it, then drop older generations.
+        `keyword` is a vlpipe.index.keyword.KeywordIndex over the same rows as `idmap`."""
         gen = uuid.uuid4().hex[:12]
         files = {"index": f"index-{gen}.faiss", "idmap": f"idmap-{gen}.parquet"}
         self.fs.makedirs(self.folder, exist_ok=True)
         self._write_faiss(index, self.join(files["index"]))
         write_table_atomic(self.fs, self.join(files["idmap"]), idmap)
+        if keyword is not None:
+            files["keyword"] = f"keyword-{gen}"
+            keyword.save(self.fs, self.join(files["keyword"]), self.is_local)
+            meta = {**meta, "keyword": keyword.describe()}
         if tuning is not None:
             files["tuning"] = f"tuning-{gen}.npz"
             buf = io.BytesIO()
@@ -177,8 +210,8 @@ class IndexDir:
     def _drop_other_generations(self, keep: set[str]) -> None:
         for path in self.fs.ls(self.folder, detail=False):
             name = posixpath.basename(path)
-            if name.startswith(("index-", "idmap-", "tuning-")) and name not in keep:
-                self.fs.rm(path)
+            if name.startswith(("index-", "idmap-", "tuning-", "keyword-")) and name not in keep:
+                self.fs.rm(path, recursive=True)  # keyword-<gen> is a folder
 
 
 def captions_only(manifest: dict) -> bool:

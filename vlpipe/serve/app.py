@@ -68,21 +68,36 @@ class SearchService:
         self.stored = StoredThumbnails.of(searcher)
         self._lock = threading.Lock()
 
-    def by_text(self, query: str, k: int) -> list:
+    def by_text(self, query: str, k: int, opts: Options | None = None) -> list:
+        opts = opts or Options()
         with self._lock:
-            return self.searcher.search_text([query], self._k(k))[0]
+            hits = self.searcher.search_text(
+                [query], self._k(opts.offset + k), mode=opts.mode, where=opts.where
+            )[0]
+            return self._page(hits, opts)
 
-    def by_image(self, data: bytes, k: int) -> list:
+    def _page(self, hits: list, opts: Options) -> list:
+        """The page of hits asked for, with the columns and embeddings asked for."""
+        hits = hits[opts.offset :]
+        if opts.columns or opts.embeddings:
+            from vlpipe.index.results import attach
+
+            attach(self.searcher.rows(), [hits], opts.columns, opts.embeddings)
+        return hits
+
+    def by_image(self, data: bytes, k: int, opts: Options | None = None) -> list:
         from vlpipe.transforms.decode import DecodeError, decode_image
 
         try:
             image = decode_image(data, self.limits.decode_min_side).image
         except DecodeError as exc:
             raise HTTPException(422, f"cannot decode the image: {exc}") from None
+        opts = opts or Options()
         with self._lock:
-            return self.searcher.search_image([image], self._k(k))[0]
+            hits = self.searcher.search_image([image], self._k(opts.offset + k), where=opts.where)
+            return self._page(hits[0], opts)
 
-    def by_indexed_image(self, image_id: str, k: int) -> list:
+    def by_indexed_image(self, image_id: str, k: int, opts: Options | None = None) -> list:
         """The source image as the query; the stored thumbnail when the source is gone."""
         uri = self.uri_of(image_id)
         try:
@@ -91,7 +106,7 @@ class SearchService:
             data = self._stored(image_id) if exc.missing else None
             if data is None:
                 raise HTTPException(404 if exc.missing else 422, str(exc)) from None
-        return self.by_image(data, k)
+        return self.by_image(data, k, opts)
 
     def _k(self, k: int) -> int:
         """Never more results than the index holds."""
@@ -119,14 +134,56 @@ class SearchService:
 
 
 def _hit_json(hit) -> dict:
-    return {
+    out = {
         "rank": int(hit.rank),
         "score": round(float(hit.score), 4),
         "image_id": hit.image_id,
         "uri": hit.uri,
         "caption": hit.caption,
+        "found_by": getattr(hit, "found_by", "vector"),
         "thumb": f"/thumb/{hit.image_id}",
     }
+    if getattr(hit, "columns", None) is not None:
+        out["columns"] = {k: _jsonable(v) for k, v in hit.columns.items()}
+    if getattr(hit, "embedding", None) is not None:
+        out["embedding"] = [float(x) for x in hit.embedding]
+    return out
+
+
+def _jsonable(value):
+    from vlpipe.transforms.wds import jsonable
+
+    return jsonable(value)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a search asks for besides the query: a filter, a ranking mode, a page, extras."""
+
+    where: str | None = None
+    mode: str | None = None
+    columns: tuple[str, ...] = ()
+    embeddings: bool = False
+    offset: int = 0
+
+
+def _parse_options(request: Request, k: int) -> Options:
+    from vlpipe.index.results import MAX_K_OUT
+
+    params = request.query_params
+    try:
+        offset = int(params.get("offset", "0"))
+    except ValueError:
+        raise HTTPException(400, "offset must be a whole number") from None
+    if not 0 <= offset or offset + k > MAX_K_OUT:
+        raise HTTPException(400, f"offset must be 0 or more, and offset + k at most {MAX_K_OUT}")
+    mode = params.get("mode") or None
+    if mode not in (None, "vector", "keyword", "hybrid"):
+        raise HTTPException(400, "mode must be vector, keyword or hybrid")
+    columns = tuple(c.strip() for c in params.get("columns", "").split(",") if c.strip())
+    embeddings = params.get("embeddings", "0").lower() in ("1", "true", "yes")
+    where = params.get("where", "").strip() or None
+    return Options(where, mode, columns, embeddings, offset)
 
 
 def _parse_k(request: Request, limits: Limits) -> int:
@@ -189,23 +246,26 @@ def create_app(searcher, thumbs: ThumbnailCache, limits: Limits | None = None, *
 
     async def search_get(request: Request) -> Response:
         k = _parse_k(request, limits)
+        opts = _parse_options(request, k)
+        page = {"k": k, "offset": opts.offset, "where": opts.where}
         image_id = request.query_params.get("image_id")
         if image_id is not None:
-            hits = await run_in_threadpool(service.by_indexed_image, image_id, k)
-            return JSONResponse({"image_id": image_id, "k": k, "results": _hits(hits)})
+            hits = await run_in_threadpool(service.by_indexed_image, image_id, k, opts)
+            return JSONResponse({"image_id": image_id, **page, "results": _hits(hits)})
         query = request.query_params.get("q", "").strip()
         if not query:
             raise HTTPException(400, "give a query: /api/search?q=...")
         if len(query) > limits.max_query_chars:
             raise HTTPException(400, f"query over {limits.max_query_chars} characters")
-        hits = await run_in_threadpool(service.by_text, query, k)
-        return JSONResponse({"query": query, "k": k, "results": _hits(hits)})
+        hits = await run_in_threadpool(service.by_text, query, k, opts)
+        return JSONResponse({"query": query, **page, "results": _hits(hits)})
 
     async def search_post(request: Request) -> Response:
         k = _parse_k(request, limits)
+        opts = _parse_options(request, k)
         data = await _uploaded_image(request, limits)
-        hits = await run_in_threadpool(service.by_image, data, k)
-        return JSONResponse({"k": k, "results": _hits(hits)})
+        hits = await run_in_threadpool(service.by_image, data, k, opts)
+        return JSONResponse({"k": k, "offset": opts.offset, "results": _hits(hits)})
 
     async def thumb(request: Request) -> Response:
         image_id = request.path_params["image_id"]
