@@ -32,6 +32,7 @@ BENCHMARKS = {
     "orchestration": ("bench.orchestration", False),
     "modes": ("bench.modes", False),
     "hybrid": ("bench.hybrid", False),
+    "search": ("bench.search", False),
 }
 
 

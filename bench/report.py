@@ -29,6 +29,7 @@ RENDERERS = {
     "orchestration": "bench.orchestration",
     "modes": "bench.modes",
     "hybrid": "bench.hybrid",
+    "search": "bench.search",
 }
 
 

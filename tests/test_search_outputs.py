@@ -129,3 +129,18 @@ def test_cli_output_and_one_line_refusals(indexed, tmp_path):
     )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfsq"])
+def test_an_approximate_index_returns_all_k_hits_for_a_large_k(tmp_path, kind):
+    """Tuned for top-10, one HNSW or IVF search reaches a few hundred rows; k=3,000 must still
+    give 3,000, the same set as an exact search."""
+    from tests.synthetic import write_synthetic_run
+
+    write_synthetic_run(str(tmp_path / "run"), 4000, 16)
+    assert build_index(str(tmp_path / "run"), progress=False, kind=kind)["kind"] == kind
+    searcher = Searcher.open(str(tmp_path / "run"))
+    query = np.random.default_rng(3).standard_normal((2, 16)).astype(np.float32)
+    results = searcher.search_vectors(query, 3000)
+    assert [len(hits) for hits in results] == [3000, 3000]
+    assert all(len({h.image_id for h in hits}) == 3000 for hits in results)

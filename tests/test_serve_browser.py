@@ -135,3 +135,25 @@ def test_error_from_the_api_is_shown(page):
     page.press("#q", "Enter")
     page.wait_for_function("() => document.getElementById('status').className === 'error'")
     assert "500 characters" in page.inner_text("#status")
+
+
+def test_the_filter_field_narrows_the_results(page):
+    page.fill("#q", "a dog runs on the grass")
+    page.fill("#where", "uri LIKE '%notes.jpg' OR caption LIKE '%dog%'")
+    page.press("#q", "Enter")
+    page.wait_for_function(
+        "() => document.getElementById('status').textContent.includes('results for')"
+    )
+    cards = page.locator("#grid .card")
+    assert 0 < cards.count() < 13  # the index holds 13; the filter keeps fewer
+    for i in range(cards.count()):
+        card = cards.nth(i)
+        assert (
+            card.locator(".uri").inner_text().endswith("notes.jpg")
+            or "dog" in card.locator(".caption").inner_text().lower()
+        )
+    page.fill("#where", "read_csv('/etc/passwd')")  # refused by the server, shown on the page
+    page.press("#q", "Enter")
+    page.wait_for_function("() => document.getElementById('status').className === 'error'")
+    assert "functions are not allowed" in page.inner_text("#status")
+    page.fill("#where", "")

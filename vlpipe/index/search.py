@@ -208,7 +208,22 @@ class Searcher:
             scores, rows = self._search_where(vectors, k, where)
         else:
             scores, rows = self._search(vectors, k)
+            self._fill_short(vectors, k, scores, rows)
         return [self._hits(s, r) for s, r in zip(scores, rows, strict=True)]
+
+    def _fill_short(self, vectors, k: int, scores: np.ndarray, rows: np.ndarray) -> None:
+        """An approximate index tuned for top-10 returns a few hundred hits for k=10,000 (an
+        HNSW graph's efSearch, an IVF's nprobe lists bound what one search reaches): queries
+        short of k are searched again, wider, then exactly (vlpipe.index.filtered)."""
+        short = np.flatnonzero((rows >= 0).sum(axis=1) < k)
+        if len(short) == 0:
+            return
+        from vlpipe.index.filtered import filtered_search
+
+        everything = np.arange(self.size, dtype=np.int64)
+        scores[short], rows[short] = filtered_search(
+            self._index, vectors[short], k, everything, self.size, exact=False
+        )
 
     def filter_rows(self, where: str) -> np.ndarray:
         """Sorted index rows (id map rows) whose run row satisfies the filter `where`; one-line
