@@ -113,7 +113,9 @@ def test_api_pages_filters_and_returns_embeddings(indexed, tmp_path):
         assert bad.status_code == 400 and "functions are not allowed" in bad.json()["error"]
         unknown = client.get("/api/search", params={"q": "x", "where": "nope = 1"})
         assert unknown.status_code == 400 and "nope" in unknown.json()["error"]
-        assert client.get("/api/search", params={"q": "x", "offset": 9995, "k": 10}).status_code == 400
+        assert (
+            client.get("/api/search", params={"q": "x", "offset": 9995, "k": 10}).status_code == 400
+        )
     assert SearchService  # imported for the type the app wraps
 
 

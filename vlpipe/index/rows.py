@@ -55,8 +55,7 @@ class RowReader:
         unknown = [c for c in columns if c not in known]
         if unknown:
             raise VlpipeError(
-                f"unknown column {unknown[0]!r}: the run's columns are"
-                f" {', '.join(sorted(known))}"
+                f"unknown column {unknown[0]!r}: the run's columns are {', '.join(sorted(known))}"
             )
 
     def read(self, rows: Sequence[int], columns: Sequence[str]) -> list[dict]:
