@@ -93,10 +93,10 @@ def test_searcher_opens_run_dir_or_index_dir_and_maps_ids(tmp_path):
     assert hit.image_id == ids[42] and hit.score == pytest.approx(1.0, abs=1e-5)
     assert by_run.uri_of(ids[42]) == hit.uri
     assert by_run.uri_of("0" * 20) is None
-    # k above the index size returns every vector; k outside 1..1000 is refused
+    # k above the index size returns every vector; k outside 1..10,000 is refused
     assert len(by_run.search_vectors(x[:1], 1000)[0]) == 500
-    for k in (0, 1001):
-        with pytest.raises(VlpipeError, match="k must be between 1 and 1000"):
+    for k in (0, 10_001):
+        with pytest.raises(VlpipeError, match="k must be between 1 and 10000"):
             by_run.search_vectors(x[:1], k)
     with pytest.raises(VlpipeError, match="dimension"):
         by_run.search_vectors(np.ones((1, DIM + 1)), 5)

@@ -209,7 +209,7 @@ def test_stored_thumbnails_are_served_after_the_source_is_gone(tmp_path):
 
     # searching by an indexed image whose source is gone queries with its stored thumbnail
     service = SearchService(Searcher.open(run.path), ThumbnailCache(tmp_path / "t2"), Limits())
-    service.by_image = lambda data, k: data
+    service.by_image = lambda data, k, opts=None: data
     assert service.by_indexed_image(image_id(uris[23]), 3) == stored[23]
 
 
