@@ -31,3 +31,15 @@ def flickr_split(root: Path, split: str, limit: int | None = None) -> list[str]:
         if s == split:
             names.append(name)
     return names[:limit] if limit else names
+
+
+@pytest.fixture
+def one_faiss_thread():
+    """FAISS on one OpenMP thread: on a 2-core machine shared with other processes, the
+    threads' barrier spinning makes small searches 5-20x slower (vlpipe.index.search)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)

@@ -31,13 +31,8 @@ DIM = 32
 
 
 @pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """Other test processes share this machine's cores: OpenMP threads spinning against them
-    make training several times slower. Results do not depend on the thread count."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+def _faiss_threads(one_faiss_thread):
+    """One FAISS thread in every test here (see tests/conftest.py)."""
 
 
 def stored_vectors(run_dir) -> tuple[np.ndarray, list[str]]:

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -28,11 +27,8 @@ N_PHOTOS = 16
 
 
 @pytest.fixture(autouse=True)
-def one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # see tests/test_index.py
-    yield
-    faiss.omp_set_num_threads(before)
+def _faiss_threads(one_faiss_thread):
+    """One FAISS thread in every test here (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

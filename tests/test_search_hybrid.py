@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,11 +34,8 @@ WORDS = ("dog", "cat", "grass", "beach", "ball", "child", "street", "bike", "wat
 
 
 @pytest.fixture(autouse=True)
-def one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # see tests/test_index.py
-    yield
-    faiss.omp_set_num_threads(before)
+def _faiss_threads(one_faiss_thread):
+    """One FAISS thread in every test here (see tests/conftest.py)."""
 
 
 def write_part(run: RunDir, name: str, n: int, seed: int, special: dict[int, tuple]) -> dict:

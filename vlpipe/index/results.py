@@ -81,3 +81,16 @@ def write_hits(path: str, table: pa.Table) -> None:
         write_table_atomic(fs, target, table)
     except OSError as exc:
         raise VlpipeError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def jsonable(value):
+    """A run column's value as JSON: timestamps and dates as ISO text, bytes left out."""
+    import datetime as dt
+
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return None
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    return value

@@ -71,23 +71,12 @@ class Hit:
             "found_by": self.found_by,
         }
         if self.columns is not None:
-            out["columns"] = {k: _jsonable(v) for k, v in self.columns.items()}
+            from vlpipe.index.results import jsonable
+
+            out["columns"] = {k: jsonable(v) for k, v in self.columns.items()}
         if self.embedding is not None:
             out["embedding"] = [round(float(x), 6) for x in self.embedding]
         return out
-
-
-def _jsonable(value):
-    """Run columns as JSON: timestamps as ISO text, bytes left out."""
-    import datetime as dt
-
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, (bytes, bytearray)):
-        return None
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 class Searcher:

@@ -151,7 +151,7 @@ def _hit_json(hit) -> dict:
 
 
 def _jsonable(value):
-    from vlpipe.transforms.wds import jsonable
+    from vlpipe.index.results import jsonable
 
     return jsonable(value)
 
