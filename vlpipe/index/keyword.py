@@ -65,7 +65,7 @@ class KeywordIndex:
     @classmethod
     def build(cls, idmap: pa.Table) -> KeywordIndex:
         """Index every row of `idmap` (its `caption`, and `text` where the id map has it)."""
-        import bm25s
+        bm25s = _bm25s()
 
         start = time.perf_counter()
         stopwords = _stopwords()
@@ -118,7 +118,7 @@ class KeywordIndex:
     def load(cls, fs, path: str, local: bool, count: int) -> KeywordIndex:
         """The folder at `path` (memory-mapped when local); a ValueError when it does not hold
         `count` documents."""
-        import bm25s
+        bm25s = _bm25s()
 
         if local:
             bm25 = bm25s.BM25.load(path, mmap=True)
@@ -169,3 +169,14 @@ class KeywordIndex:
             matched = row_scores > 0
             out[i] = (row_ids[matched].astype(np.int64), row_scores[matched])
         return out
+
+
+def _bm25s():
+    """bm25s, imported on first use (0.3 s), its logger kept to warnings: it sets itself to
+    DEBUG, and its "Building index" lines would reach every user's terminal."""
+    import logging
+
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
