@@ -52,6 +52,7 @@ setup(
             "s3fs>=2025.1",
             "playwright>=1.40",
             "webdataset>=0.2",
+            "ImageHash>=4.3",  # the reference the perceptual hash is tested against
         ],
         "s3": ["s3fs>=2025.1"],
         "gcs": ["gcsfs>=2025.1"],

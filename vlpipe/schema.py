@@ -6,7 +6,7 @@ import hashlib
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: orig_width, orig_height, bytes, format, user columns
+SCHEMA_VERSION = 2  # 2: orig_width, orig_height, bytes, format, phash, sha256, user columns
 
 # Failure stages, in the order an image meets them.
 STAGE_READ = "read"
@@ -40,6 +40,8 @@ def result_schema(
         ("orig_height", pa.int32()),
         ("bytes", pa.int64()),  # size of the source file as read
         ("format", pa.string()),  # JPEG, PNG, WEBP, GIF, BMP, TIFF, ...
+        ("phash", pa.uint64()),  # 64-bit DCT perceptual hash of the decoded image
+        ("sha256", pa.string()),  # of the bytes read: exact copies share it
         ("caption", pa.string()),
         ("embedding", pa.list_(value, dim) if embeddings else pa.null()),
         ("text", pa.string()),
@@ -51,7 +53,7 @@ def result_schema(
 
 
 #: column names of vlpipe's own; a user column of the same name is refused
-RESERVED_COLUMNS = frozenset(result_schema(1, thumbnails=True).names) | {"phash", "sha256"}
+RESERVED_COLUMNS = frozenset(result_schema(1, thumbnails=True).names)
 
 
 FAILED_SCHEMA = pa.schema(

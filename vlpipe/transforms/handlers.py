@@ -22,6 +22,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from vlpipe.models.base import CaptionEmbedder, Captioner, Embedder
 from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, Filters, decode_image
+from vlpipe.transforms.fingerprints import phash, sha256
 from vlpipe.transforms.thumbnails import make_thumbnail
 
 
@@ -56,6 +57,8 @@ class PreparedImage:
     orig_height: int = 0
     nbytes: int = 0
     format: str = ""
+    phash: int | None = None  # of the decoded image (vlpipe.transforms.fingerprints)
+    sha256: str | None = None  # of the bytes read
     thumbnail: bytes | None = None  # a small JPEG, when the run stores them
     raw: bytes | None = None  # the bytes as read, when the run also writes WebDataset tars
 
@@ -89,7 +92,8 @@ def prepare_image(
     thumb = make_thumbnail(decoded.image, thumbnail_px) if thumbnail_px else None
     return PreparedImage(
         image_id, decoded.width, decoded.height, cap, emb, text, decoded.orig_width,
-        decoded.orig_height, len(data), decoded.format, thumb, data if keep_raw else None,
+        decoded.orig_height, len(data), decoded.format, phash(decoded.image), sha256(data),
+        thumb, data if keep_raw else None,
     )  # fmt: skip
 
 

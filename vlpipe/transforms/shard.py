@@ -268,6 +268,8 @@ def result_row(
         "orig_height": prepared.orig_height,
         "bytes": prepared.nbytes,
         "format": prepared.format,
+        "phash": prepared.phash,
+        "sha256": prepared.sha256,
         "caption": result.caption,
         "embedding": result.embedding,
         "text": record.text,
