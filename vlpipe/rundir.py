@@ -230,17 +230,19 @@ class RunDir:
         return ids
 
 
-def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write to a temp name beside `path`, then rename, so readers never see half a file."""
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> int:
+    """Write to a temp name beside `path`, then rename, so readers never see half a file.
+    Returns the size written (callers record it without asking the filesystem again)."""
     folder, name = posixpath.split(path)
     tmp = posixpath.join(folder, f"{TMP_PREFIX}{name}")
     fs.makedirs(folder, exist_ok=True)
     with fs.open(tmp, "wb") as f:
         f.write(data)
     fs.mv(tmp, path)
+    return len(data)
 
 
-def write_table_atomic(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:
+def write_table_atomic(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> int:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    write_atomic(fs, path, sink.getvalue().to_pybytes())
+    return write_atomic(fs, path, sink.getvalue().to_pybytes())

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vlpipe.errors import VlpipeError
+from vlpipe.index.results import jsonable
 from vlpipe.index.store import IndexDir
 
 if TYPE_CHECKING:
@@ -71,8 +72,6 @@ class Hit:
             "found_by": self.found_by,
         }
         if self.columns is not None:
-            from vlpipe.index.results import jsonable
-
             out["columns"] = {k: jsonable(v) for k, v in self.columns.items()}
         if self.embedding is not None:
             out["embedding"] = [round(float(x), 6) for x in self.embedding]

@@ -31,12 +31,14 @@ def describe_captioner(name: str) -> dict | None:
     mini = _mini_dir(name)
     if mini:
         return _describe_mini(mini)[0]
-    from vlpipe.models import hf
+    from vlpipe.models.hf import CAPTIONERS
+    from vlpipe.models.hf_load import load_config, unsupported
+    from vlpipe.models.hf_pixels import pixel_recipe
 
-    location, config = hf._load_config(name)
-    if config.model_type not in hf.CAPTIONERS:
-        raise hf._unsupported(name, config.model_type, "captioner", hf.CAPTIONERS)
-    recipe = hf._pixel_recipe(name, location)
+    location, config = load_config(name)
+    if config.model_type not in CAPTIONERS:
+        raise unsupported(name, config.model_type, "captioner", CAPTIONERS)
+    recipe = pixel_recipe(name, location)
     return {"family": config.model_type, "name_or_path": name, "image_size": recipe.image_size}
 
 

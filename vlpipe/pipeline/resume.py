@@ -25,6 +25,7 @@ from vlpipe.rundir import (
     PLAN,
     PROGRESS,
     SUCCESS,
+    TMP_PREFIX,
     WDS,
     RunDir,
     write_table_atomic,
@@ -172,8 +173,7 @@ class Resume:
             failed_parts = {}
             if kept is not None and kept.num_rows:
                 name = part_name(marker["key"], kept.column("image_id").to_pylist())
-                write_table_atomic(run.fs, run.join(FAILED, name), kept)
-                failed_parts[name] = run.fs.size(run.join(FAILED, name))
+                failed_parts[name] = write_table_atomic(run.fs, run.join(FAILED, name), kept)
             marker.update(done=False, failed_parts=failed_parts)
             run.write_marker(marker)
             run.fs.makedirs(run.join(folder), exist_ok=True)
@@ -231,8 +231,6 @@ def _set_aside(run: RunDir, sub: str, name: str) -> str:
 
 def remove_temp_files(run: RunDir) -> None:
     """A run killed mid-write leaves `.tmp-` files (never read as parts); clear them away."""
-    from vlpipe.rundir import TMP_PREFIX
-
     for folder in (run.root, run.join(PARTS), run.join(FAILED), run.join(DONE), run.join(WDS)):
         run.fs.invalidate_cache(folder)
         if run.fs.exists(folder):

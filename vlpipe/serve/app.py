@@ -32,6 +32,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from vlpipe.errors import VlpipeError
+from vlpipe.index.results import jsonable
 from vlpipe.serve.sources import ThumbnailError, read_source
 from vlpipe.serve.stored import StoredThumbnails
 from vlpipe.serve.thumbnails import SAFE_ID, ThumbnailCache
@@ -144,16 +145,10 @@ def _hit_json(hit) -> dict:
         "thumb": f"/thumb/{hit.image_id}",
     }
     if getattr(hit, "columns", None) is not None:
-        out["columns"] = {k: _jsonable(v) for k, v in hit.columns.items()}
+        out["columns"] = {k: jsonable(v) for k, v in hit.columns.items()}
     if getattr(hit, "embedding", None) is not None:
         out["embedding"] = [float(x) for x in hit.embedding]
     return out
-
-
-def _jsonable(value):
-    from vlpipe.index.results import jsonable
-
-    return jsonable(value)
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ class _Parts:
         self.options, self.tally = options, tally
         self.clock = Counter()
         self.written: dict[str, dict] = {PARTS: {}, FAILED: {}, WDS: {}}
-        self.records: list[tuple[Record, object]] = []
+        self.extra_fields: list | None = None  # the source's column types, for the parts
         self.batch: list[tuple[Record, PreparedImage]] = []
         self.results: list[dict] = []
         self.failures: list[dict] = []
@@ -156,8 +156,8 @@ class _Parts:
 
     def add(self, record: Record, item: PreparedImage | dict) -> None:
         self.ids.append(record.image_id)
-        if record.extra_fields and not self.records:
-            self.records.append((record, None))  # the source's column types, for the part
+        if self.extra_fields is None and record.extra_fields:
+            self.extra_fields = record.extra_fields
         if isinstance(item, PreparedImage):
             self.batch.append((record, item))
             if len(self.batch) >= self.handler.max_batch_size:
@@ -205,13 +205,12 @@ class _Parts:
         self.tally.reasons.update(f"{f['stage']}:{f['reason']}" for f in self.failures)
         opts = self.options
         name = part_name(self.spec.key, self.ids)
-        extra_fields = next((r.extra_fields for r, _ in self.records if r.extra_fields), None)
         written = write_chunk(
             self.run,
             name,
             results_table(
-                self.results, opts.dim, opts.float16, bool(opts.thumbnail_px), extra_fields
-            ),  # fmt: skip
+                self.results, opts.dim, opts.float16, bool(opts.thumbnail_px), self.extra_fields
+            ),
             failures_table(self.failures),
         )
         for sub in (PARTS, FAILED):
@@ -220,7 +219,7 @@ class _Parts:
             self.wds.path = self.run.join(WDS, name.removesuffix(".parquet") + ".tar")
             self.written[WDS][posixpath.basename(self.wds.path)] = self.wds.close()
             self.wds = None
-        self.results, self.failures, self.ids, self.records = [], [], [], []
+        self.results, self.failures, self.ids = [], [], []
         self.run.write_progress(self.spec.key, len(self.tally.seen))
         self.clock["write_s"] += time.perf_counter() - start
 

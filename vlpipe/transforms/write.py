@@ -104,9 +104,7 @@ def write_chunk(run: RunDir, name: str, results: pa.Table, failures: pa.Table) -
     written: dict[str, dict] = {PARTS: {}, FAILED: {}}
     for sub, table in ((FAILED, failures), (PARTS, results)):
         if table.num_rows:
-            path = run.join(sub, name)
-            write_table_atomic(run.fs, path, table)
-            written[sub][name] = run.fs.size(path)
+            written[sub][name] = write_table_atomic(run.fs, run.join(sub, name), table)
     return written
 
 
