@@ -41,157 +41,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import SCRATCH, Figure, Report, run_child
+from bench.common import Figure, Report, run_child
+from bench.search_data import (
+    BIG_QUERIES,
+    DIM,
+    LICENSES,
+    PART_ROWS,
+    QUERY_FILE,
+    RARE,
+    USER_COLUMNS,
+    Truth,
+    dataset,
+)
+from bench.search_queries import FIGURED, QUERIES, Query, agreement, check
+from bench.search_scan import fetch, scan, uris_of
 
 NAME = "search"
 TITLE = "Search at scale: filtered, keyword, hybrid and large-k queries on a 1M-row index"
-ROOT = SCRATCH / "search"
-ROWS, QUICK_ROWS = 1_000_000, 100_000
-PART_ROWS = 100_000
-DIM = 64
-SEED = 0
 ROUNDS = 3
-K = 10
-BIG_K = 10_000
-BIG_QUERIES = 10
-RARE = "zorblax"  # a made-up word, in exactly RARE_SHARE of the captions
-RARE_SHARE = 0.001
-LICENSES = ("cc0", "cc-by", "cc-by-sa", "proprietary")
-LICENSE_SHARES = (0.01, 0.49, 0.30, 0.20)  # exact per part
-USER_COLUMNS = ("license", "views")
+ROWS, QUICK_ROWS = 1_000_000, 100_000
+
 SCAN = "pyarrow + NumPy full scan"
-ADJECTIVES = ("red", "small", "old", "bright", "wooden", "busy", "quiet", "green", "large", "dark")
-NOUNS = (
-    "dog",
-    "cat",
-    "car",
-    "house",
-    "tree",
-    "bicycle",
-    "boat",
-    "chair",
-    "lamp",
-    "child",
-    "bird",
-    "table",
-)
-VERBS = ("sitting", "standing", "parked", "lying", "running", "waiting")
-PLACES = (
-    "on the grass",
-    "by the sea",
-    "in a park",
-    "on a street",
-    "near a window",
-    "in the snow",
-    "under a bridge",
-    "at night",
-)
-QUERY_FILE, TRUTH_FILE = "queries.npy", "truth.npz"
-
-
-@dataclass(frozen=True)
-class Query:
-    label: str
-    kind: str  # vector | keyword | hybrid | bulk
-    k: int
-    license: str | None = None  # vector queries: the filter license = '<this>'
-
-    @property
-    def where(self) -> str | None:
-        return None if self.license is None else f"license = '{self.license}'"
-
-
-QUERIES = {
-    "a": Query("a) vector top-10, no filter", "vector", K),
-    "b": Query("b) vector top-10, license = 'cc0' (1%)", "vector", K, "cc0"),
-    "c": Query("c) vector top-10, license = 'cc-by' (49%)", "vector", K, "cc-by"),
-    "d": Query(f"d) keyword top-10, '{RARE}' (0.1%)", "keyword", K),
-    "e": Query(f"e) hybrid top-10, '{RARE}' (0.1%)", "hybrid", K),
-    "f": Query(
-        f"f) k={BIG_K:,} x {BIG_QUERIES} queries + columns + embeddings -> Parquet", "bulk", BIG_K
-    ),
-}
-FIGURED = ("b", "c", "d", "f")  # vlpipe vs the full scan; a and e: absolute latency
-
-
-# ---- the data (not timed) ------------------------------------------------------------------------
-
-
-def dataset(n: int) -> tuple[Path, dict, float]:
-    """The run of n rows, written once and kept; its index built (or found up to date)."""
-    from vlpipe.index.build import build_index
-
-    path = ROOT / f"rows-{n}"
-    start = time.perf_counter()
-    if not (path / ".complete").exists():
-        shutil.rmtree(path, ignore_errors=True)
-        write_run(path, n)
-        (path / ".complete").write_text("")
-        print(f"wrote {path} in {time.perf_counter() - start:.0f} s", flush=True)
-    meta = build_index(str(path), kind="auto", progress=False)
-    action = meta.get("last_action", {}).get("action")
-    print(f"index {action}: {meta['kind']} {meta.get('factory')}", flush=True)
-    return path, meta, time.perf_counter() - start
-
-
-def write_run(path: Path, n: int) -> None:
-    import pyarrow as pa
-
-    from tests.synthetic import clustered_chunks, part_table, write_manifest
-    from vlpipe.index.tune import make_queries
-    from vlpipe.rundir import PARTS, RunDir, write_table_atomic
-
-    run = RunDir(str(path))
-    licenses, views, rare, sample = [], [], [], None
-    for p, vectors in enumerate(clustered_chunks(n, DIM, SEED, chunk=PART_ROWS)):
-        size, start = len(vectors), p * PART_ROWS
-        rng = np.random.default_rng([SEED, p])
-        codes = np.empty(size, np.uint8)
-        bounds = np.round(np.cumsum((0, *LICENSE_SHARES)) * size).astype(int)
-        order = rng.permutation(size)
-        for code, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            codes[order[a:b]] = code
-        tagged = np.zeros(size, bool)
-        tagged[rng.permutation(size)[: round(RARE_SHARE * size)]] = True
-        words = [rng.integers(0, len(w), size) for w in (ADJECTIVES, NOUNS, VERBS, PLACES)]
-        captions = [
-            f"a {RARE if t else ADJECTIVES[a]} {NOUNS[b]} {VERBS[c]} {PLACES[d]}"
-            for t, a, b, c, d in zip(tagged, *words, strict=True)
-        ]
-        count = rng.integers(0, 1_000_000, size, dtype=np.int64)
-        uris = [f"synthetic/{start + i:08d}.jpg" for i in range(size)]
-        table = part_table(vectors, uris, captions)
-        table = table.append_column("license", pa.array(np.array(LICENSES)[codes], pa.string()))
-        table = table.append_column("views", pa.array(count, pa.int64()))
-        write_table_atomic(run.fs, run.join(PARTS, f"part-{p:05d}.parquet"), table)
-        licenses.append(codes)
-        views.append(count)
-        rare.append(tagged)
-        if sample is None:
-            sample = vectors[rng.choice(size, BIG_QUERIES, replace=False)]
-    write_manifest(run, DIM, n)
-    np.save(path / QUERY_FILE, make_queries(sample, seed=2024))
-    np.savez(
-        path / TRUTH_FILE,
-        license=np.concatenate(licenses),
-        views=np.concatenate(views),
-        rare=np.concatenate(rare),
-    )
-
-
-def uri_row(uri: str) -> int:
-    """The run row a synthetic uri names (synthetic/<row>.jpg)."""
-    return int(uri.rsplit("/", 1)[1].split(".")[0])
 
 
 # ---- child processes (each prints one JSON line) ------------------------------------------------
@@ -268,10 +145,10 @@ def child_scan(name: str, run: str) -> dict:
     out: dict = {}
     if q.kind == "bulk":
         path = Path(run) / "hits-scan.parquet"
-        tops, _, sizes = _scan(parts, vectors[:BIG_QUERIES], q.k)
+        tops, _, sizes = scan(parts, vectors[:BIG_QUERIES], q.k)
         rows = np.concatenate([r for r, _ in tops])
         columns = ["image_id", "uri", "caption", *USER_COLUMNS, "embedding"]
-        picked = _fetch(parts, sizes, rows, columns)
+        picked = fetch(parts, sizes, rows, columns)
         head = {
             "query": [f"q{i}" for i, (r, _) in enumerate(tops) for _ in r],
             "rank": pa.array(
@@ -283,14 +160,14 @@ def child_scan(name: str, run: str) -> dict:
         pq.write_table(table, path, compression="zstd")
         out |= {"per_query": [len(r) for r, _ in tops], "file": str(path)}
     elif q.kind == "vector":
-        tops, _, sizes = _scan(parts, vectors[:1], q.k, license=q.license)
-        out["uris"] = _uris(parts, sizes, tops[0][0])
+        tops, _, sizes = scan(parts, vectors[:1], q.k, license=q.license)
+        out["uris"] = uris_of(parts, sizes, tops[0][0])
     elif q.kind == "keyword":  # no relevance ranking: the first k rows that hold the word
-        _, matches, sizes = _scan(parts, None, q.k, word=RARE)
-        out["uris"] = _uris(parts, sizes, matches[: q.k])
+        _, matches, sizes = scan(parts, None, q.k, word=RARE)
+        out["uris"] = uris_of(parts, sizes, matches[: q.k])
     else:  # hybrid: vlpipe's fusion over the scan's vector ranking and its word matches
         depth = max(q.k, constants.RRF_DEPTH)
-        tops, matches, sizes = _scan(parts, vectors[:1], depth, word=RARE)
+        tops, matches, sizes = scan(parts, vectors[:1], depth, word=RARE)
         share = len(matches) / sum(sizes)
         weight = constants.RARE_WEIGHT if share <= constants.RARE_SHARE else constants.COMMON_WEIGHT
         fused: dict[int, float] = {}
@@ -298,88 +175,10 @@ def child_scan(name: str, run: str) -> dict:
             for rank, row in enumerate(ranking.tolist(), 1):
                 fused[row] = fused.get(row, 0.0) + w / (constants.RRF_K + rank)
         best = sorted(fused, key=lambda r: -fused[r])[: q.k]
-        out["uris"] = _uris(parts, sizes, np.array(best, np.int64))
+        out["uris"] = uris_of(parts, sizes, np.array(best, np.int64))
     out["query_ms"] = _ms_since(start)
     out["max_rss_mb"] = _max_rss_mb()
     return out
-
-
-def _scan(
-    parts: list[str],
-    queries: np.ndarray | None,
-    k: int,
-    license: str | None = None,
-    word: str | None = None,
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, list[int]]:
-    """One pass over the parts: per query the top-k (rows, scores) by inner product, best first
-    (only rows whose license is `license` when given); the rows whose caption holds `word`; and
-    each part's row count. Rows are run rows (parts in name order)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    nq = 0 if queries is None else len(queries)
-    if nq:
-        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    best = [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in range(nq)]
-    matches, sizes, offset = [np.empty(0, np.int64)], [], 0
-    columns = (["embedding"] if nq else []) + (["license"] if license else [])
-    columns += ["caption"] if word else []
-    for path in parts:
-        table = pq.read_table(path, columns=columns)
-        n = table.num_rows
-        if nq:
-            column = table.column("embedding").combine_chunks()
-            emb = column.flatten().to_numpy(zero_copy_only=False).reshape(n, column.type.list_size)
-            scores = emb.astype(np.float32) @ queries.T
-            if license:
-                keep = pc.fill_null(pc.equal(table.column("license"), license), False)
-                scores[~keep.to_numpy(zero_copy_only=False)] = -np.inf
-            take = min(k, n)
-            for j in range(nq):
-                s = scores[:, j]
-                top = np.argpartition(-s, take - 1)[:take]
-                top = top[np.isfinite(s[top])]
-                rows = np.concatenate([best[j][0], top + offset])
-                vals = np.concatenate([best[j][1], s[top]])
-                if len(rows) > k:
-                    keep_k = np.argpartition(-vals, k - 1)[:k]
-                    rows, vals = rows[keep_k], vals[keep_k]
-                best[j] = (rows, vals)
-        if word:
-            hold = pc.fill_null(pc.match_substring(table.column("caption"), word), False)
-            matches.append(np.flatnonzero(hold.to_numpy(zero_copy_only=False)) + offset)
-        sizes.append(n)
-        offset += n
-    ordered = []
-    for rows, vals in best:
-        order = np.argsort(-vals, kind="stable")
-        ordered.append((rows[order], vals[order]))
-    return ordered, np.concatenate(matches), sizes
-
-
-def _uris(parts: list[str], sizes: list[int], rows: np.ndarray) -> list[str]:
-    """The hits as a search returns them: uri and caption read for each (the uris kept)."""
-    return _fetch(parts, sizes, rows, ["uri", "caption"]).column("uri").to_pylist()
-
-
-def _fetch(parts: list[str], sizes: list[int], rows: np.ndarray, columns: list[str]):
-    """`columns` of run rows `rows`, in that order, read from the parts that hold them."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = np.asarray(rows, np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    part_of = np.searchsorted(offsets, rows, side="right") - 1
-    pieces, order = [], []
-    for p in np.unique(part_of):
-        sel = np.flatnonzero(part_of == p)
-        table = pq.read_table(parts[p], columns=columns)
-        pieces.append(table.take(pa.array(rows[sel] - offsets[p])))
-        order.append(sel)
-    if not pieces:
-        return pa.table({c: pa.array([], pa.string()) for c in columns})
-    table = pa.concat_tables(pieces)
-    return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
 
 def _ms_since(start: float) -> float:
@@ -400,96 +199,6 @@ CHILDREN = {"vlpipe": child_vlpipe, "scan": child_scan}
 
 def child(contender: str, name: str, run: Path) -> list[str]:
     return [sys.executable, "-m", "bench.search", "--child", contender, name, str(run)]
-
-
-# ---- checks --------------------------------------------------------------------------------------
-
-
-class Truth:
-    """What the generated data holds, by run row."""
-
-    def __init__(self, run: Path):
-        with np.load(run / TRUTH_FILE) as data:
-            self.license, self.views, self.rare = data["license"], data["views"], data["rare"]
-        self.rows = len(self.license)
-
-    def count(self, license: str) -> int:
-        return int((self.license == LICENSES.index(license)).sum())
-
-
-def check(name: str, output: dict, truth: Truth, run: Path) -> dict:
-    """Hits returned and whether they are right; `problems` lists what is not."""
-    q = QUERIES[name]
-    if q.kind == "bulk":
-        return _check_bulk(output, truth)
-    rows = np.array([uri_row(u) for u in output["uris"]], np.int64)
-    n_rare = int(truth.rare.sum())
-    problems = []
-    if q.kind == "vector":
-        want = min(q.k, truth.count(q.license) if q.license else truth.rows)
-        ok = bool(np.all(truth.license[rows] == LICENSES.index(q.license))) if q.license else None
-        if ok is False:
-            problems.append(f"a hit outside {q.where}")
-    elif q.kind == "keyword":
-        want = min(q.k, n_rare)
-        ok = bool(np.all(truth.rare[rows]))
-        if not ok:
-            problems.append(f"a keyword hit without {RARE!r}")
-    else:  # hybrid: the word's rows (weighted x4 as the word is rare) come first
-        want = min(q.k, truth.rows)
-        first = min(q.k, n_rare)
-        ok = bool(np.all(truth.rare[rows[:first]])) and int(truth.rare[rows].sum()) == first
-        if not ok:
-            problems.append(f"hybrid top {first} are not all {RARE!r} rows")
-    if len(rows) != want:
-        problems.append(f"{len(rows)} hits, expected {want}")
-    if len(set(rows.tolist())) != len(rows):
-        problems.append("the same row twice")
-    return {"hits": len(rows), "satisfied": ok, "rows": rows.tolist(), "problems": problems}
-
-
-def _check_bulk(output: dict, truth: Truth) -> dict:
-    """The written file: k hits per query, license/views as the parts hold them, embeddings."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(output["file"], columns=["query", "uri", *USER_COLUMNS, "embedding"])
-    rows = np.array([uri_row(u) for u in table.column("uri").to_pylist()], np.int64)
-    licenses = np.array(table.column("license").to_pylist(), object)
-    want = min(BIG_K, truth.rows)
-    problems = []
-    queries = table.column("query").to_pylist()
-    per_query = {f"q{i}": queries.count(f"q{i}") for i in range(BIG_QUERIES)}
-    if any(c != want for c in per_query.values()):
-        problems.append(f"hits per query {sorted(set(per_query.values()))}, expected {want}")
-    match = bool(
-        np.all(licenses == np.array(LICENSES, object)[truth.license[rows]])
-        and np.array_equal(table.column("views").to_numpy(), truth.views[rows])
-    )
-    if not match:
-        problems.append("license/views in the file differ from the parts")
-    emb = table.column("embedding")
-    if emb.null_count or emb.type.list_size != DIM:
-        problems.append("embeddings missing or of the wrong size")
-    by_query: dict[str, set] = {}
-    for label, row in zip(queries, rows.tolist(), strict=True):
-        by_query.setdefault(label, set()).add(row)
-    return {
-        "hits": table.num_rows,
-        "satisfied": match and not problems,
-        "problems": problems,
-        "sets": by_query,
-        "file_mb": os.path.getsize(output["file"]) / 2**20,
-    }
-
-
-def agreement(mine: dict, theirs: dict, kind: str) -> float | None:
-    """Share of the scan's hits vlpipe returns too (exact top-k by the stored vectors)."""
-    if kind == "bulk":
-        shares = [len(mine["sets"][q] & s) / len(s) for q, s in theirs["sets"].items() if s]
-        return statistics.mean(shares) if shares else None
-    if kind != "vector" or not theirs["rows"]:
-        return None  # keyword and hybrid: the scan has no BM25 ranking to agree with
-    return len(set(mine["rows"]) & set(theirs["rows"])) / len(theirs["rows"])
 
 
 # ---- the benchmark -------------------------------------------------------------------------------
