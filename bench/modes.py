@@ -43,16 +43,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.clip_retrieval import (
+    clip_retrieval_check,
+    clip_retrieval_python,
+    clip_retrieval_view,
+    image_folder,
+)
 from bench.common import REPO, SCRATCH, Figure, Report, run_child
 from bench.corpus import describe, ensure, manifest
 
 NAME = "modes"
 TITLE = "Task modes on CPU: embeddings only vs clip-retrieval, and vs captions + embeddings"
 ROOT = SCRATCH / NAME
-CLIP_RETRIEVAL_VENV = REPO / "bench" / ".venv-clip-retrieval"
-#: what the clip-retrieval venv is made with (pip resolves the rest)
-CLIP_RETRIEVAL_PINS = ("torch==2.14.1", "torchvision==0.29.1", "clip-retrieval==2.45.0",
-                       "setuptools<81")  # fmt: skip
 BATCH = 32
 
 CONTENDERS = ("vlpipe-clip", "clip-retrieval", "mini-embed", "mini-both")
@@ -77,28 +79,6 @@ if proc.returncode:
 print(json.dumps({"seconds": seconds, "stdout": proc.stdout[-4000:]}))
 """
 
-# Run with the clip-retrieval venv's Python: OpenAI's BPE tokenizer, saved by its transformers.
-_CLIP_RETRIEVAL_TOKENIZER = """
-import gzip, json, os, sys, tempfile
-import clip
-from clip.simple_tokenizer import bytes_to_unicode
-from transformers import CLIPTokenizerFast
-out = sys.argv[1]
-bpe = os.path.join(os.path.dirname(clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
-merges = gzip.open(bpe).read().decode("utf-8").split("\\n")[1 : 49152 - 256 - 2 + 1]
-chars = list(bytes_to_unicode().values())
-vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
-vocab += ["<|startoftext|>", "<|endoftext|>"]
-with tempfile.TemporaryDirectory() as tmp:
-    with open(f"{tmp}/vocab.json", "w") as f:
-        json.dump({t: i for i, t in enumerate(vocab)}, f)
-    with open(f"{tmp}/merges.txt", "w") as f:
-        f.write("#version: 0.2\\n" + "\\n".join(merges) + "\\n")
-    tok = CLIPTokenizerFast(vocab_file=f"{tmp}/vocab.json", merges_file=f"{tmp}/merges.txt",
-                            model_max_length=77, pad_token="<|endoftext|>")
-    tok.save_pretrained(out)
-"""
-
 # Run with each venv's Python under the contenders' environment: what they will actually get.
 _VERSIONS = """
 import json, sys, torch
@@ -109,7 +89,7 @@ print(json.dumps({"torch_threads": torch.get_num_threads(),
 """
 
 
-# -- set-up: the model, its clip-retrieval view, the clip-retrieval venv -----------------------
+# -- set-up: the model and the input folder (clip-retrieval's own: bench/clip_retrieval.py) -
 
 
 def clip_dir() -> Path:
@@ -120,44 +100,6 @@ def clip_dir() -> Path:
         code = "import sys; from tests.hf_tiny import build_full_size_clip_b32 as b; b(sys.argv[1])"
         subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, check=True)
     return path
-
-
-def clip_retrieval_python() -> Path:
-    """The clip-retrieval venv's Python, making the venv first if it is missing."""
-    python = CLIP_RETRIEVAL_VENV / "bin" / "python"
-    if not (CLIP_RETRIEVAL_VENV / "bin" / "clip-retrieval").exists():
-        print(f"installing clip-retrieval into {CLIP_RETRIEVAL_VENV}", file=sys.stderr)
-        base = shutil.which("python3") or sys.executable
-        subprocess.run([base, "-m", "venv", str(CLIP_RETRIEVAL_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *CLIP_RETRIEVAL_PINS],
-                       check=True)  # fmt: skip
-    return python
-
-
-def clip_retrieval_view(model: Path, python: Path) -> Path:
-    """`model` as clip-retrieval's transformers 4.x loads it: the same config, weights and image
-    preprocessor (linked), and a CLIP BPE tokenizer saved in the 4.x format."""
-    view = ROOT / "clip-b32-clip-retrieval"
-    view.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
-        link = view / name
-        if not link.is_symlink():
-            link.unlink(missing_ok=True)
-            link.symlink_to(os.path.relpath(model / name, view))
-    if not (view / "tokenizer.json").exists():
-        subprocess.run([str(python), "-c", _CLIP_RETRIEVAL_TOKENIZER, str(view)], check=True,
-                       env={**os.environ, **child_env(1)}, capture_output=True)  # fmt: skip
-    return view
-
-
-def image_folder(paths: list[Path]) -> Path:
-    """clip-retrieval's `files` input: a folder holding exactly these images (links to them)."""
-    folder = ROOT / f"files-{len(paths)}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for p in paths:
-        (folder / p.name).symlink_to(p.resolve())
-    return folder
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -244,18 +186,6 @@ def vlpipe_check(stdout: str, images: int) -> dict:
     return info
 
 
-def clip_retrieval_check(out: Path, images: int) -> dict:
-    """Every image embedded; clip-retrieval's own batch-loop times (stats/0.json, summed)."""
-    import numpy as np
-
-    count = sum(np.load(p, mmap_mode="r").shape[0] for p in (out / "img_emb").glob("*.npy"))
-    if count != images:
-        raise RuntimeError(f"clip-retrieval embedded {count} of {images} images")
-    stats = json.loads((out / "stats" / "0.json").read_text())
-    return {k: round(stats[k], 2) for k in ("read_duration", "inference_duration",
-                                            "total_duration") if k in stats}  # fmt: skip
-
-
 def embeddings(name: str, out: Path) -> dict[str, object]:
     """file name -> embedding, from either contender's output."""
     import numpy as np
@@ -290,10 +220,10 @@ def agreement(a: dict, b: dict) -> dict:
 def measure(args) -> dict:
     paths = ensure(args.images, "mixed")
     csv = manifest(args.images, "mixed")
-    folder = image_folder(paths)
+    folder = image_folder(paths, ROOT)
     model = clip_dir()
     cr_python = clip_retrieval_python()
-    view = clip_retrieval_view(model, cr_python)
+    view = clip_retrieval_view(model, cr_python, ROOT, child_env(1))
     argvs = commands(csv, folder, model, view, cr_python)
     runs: dict[str, list[dict]] = {n: [] for n in CONTENDERS}
     same = None
