@@ -89,7 +89,7 @@ print(json.dumps({"torch_threads": torch.get_num_threads(),
 """
 
 
-# -- set-up: the model and the input folder (clip-retrieval's own: bench/clip_retrieval.py) -
+# -- set-up: the model (clip-retrieval's venv, model view and input: bench/clip_retrieval.py) --
 
 
 def clip_dir() -> Path:
