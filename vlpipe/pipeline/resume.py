@@ -124,9 +124,6 @@ class Resume:
             failed.update(dict.fromkeys(other["failed_parts"]))
         return ShardWork(spec.without_uris(), tuple(parts), tuple(failed))
 
-    def is_done(self, spec: ShardSpec) -> bool:
-        return self.work(spec) is None
-
     # ---- checks ---------------------------------------------------------------------------
 
     def _check_parts(self, run: RunDir, marker: dict, sizes: dict[str, dict]) -> None:
