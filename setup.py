@@ -29,6 +29,7 @@ setup(
         "transformers>=4.45",
         "pyarrow>=15",
         "faiss-cpu>=1.8",
+        "scipy>=1.10",  # connected components of duplicate pairs (vlpipe.dedup.graph)
         "bm25s>=0.2",
         "pillow>=10",
         "click>=8.1",

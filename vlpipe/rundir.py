@@ -11,6 +11,7 @@ out/
   _progress/<key>.json how far a worker is into a spec it has not finished (progress only)
   _plan/<key>.jsonl    the uris of a listing page a worker is to process
   index/               FAISS index, id map and meta.json (vlpipe.index)
+  dedup/               clusters.parquet, summary.json, report.html, state/ (vlpipe.dedup)
 ```
 
 Markers are written after their parts, so a spec with a marker is done, and a part no marker
@@ -37,6 +38,8 @@ SUCCESS = "_SUCCESS"
 PARTS = "parts"
 FAILED = "failed"
 INDEX = "index"
+DEDUP = "dedup"
+CLUSTERS = "dedup/clusters.parquet"  # read by search (collapse) and serve
 WDS = "wds"
 DONE = "_done"
 PROGRESS = "_progress"

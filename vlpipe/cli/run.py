@@ -106,8 +106,24 @@ def command(ctx: click.Context, source: str, output: str, **kw) -> None:
             f"index: {summary.index.get('kind')} over {summary.index.get('count')} vectors"
             f" in {output.rstrip('/')}/index"
         )
+    dedup_line = duplicates_line(output, summary.written)
+    if dedup_line:
+        click.echo(dedup_line)
     if not summary.ok:
         raise click.ClickException("not every input is accounted for; see the counts above")
+
+
+def duplicates_line(output: str, written: int) -> str | None:
+    """What the last `vlpipe dedup` of this output found, and whether rows came since."""
+    from vlpipe.dedup.output import read_summary
+    from vlpipe.rundir import RunDir
+
+    s = read_summary(RunDir(output))
+    if s is None:
+        return None
+    line = f"near-duplicates: {s['duplicates']} in {s['clusters']} clusters (vlpipe dedup"
+    new = written - s["images"]
+    return line + (f" of {s['images']} rows; {new} rows since: run it again)" if new else ")")
 
 
 def _columns(value: str | None) -> tuple[str, ...] | None:

@@ -48,6 +48,10 @@ SCREEN_K = 1000
     "-o", "--output", "output", default=None,
     help="Write every hit of every query to this Parquet file (k up to 10,000).",
 )  # fmt: skip
+@click.option(
+    "--dedup", is_flag=True,
+    help="Show each near-duplicate cluster once, as its representative (needs `vlpipe dedup`).",
+)  # fmt: skip
 @click.option("--embedder", default=None, help="Query embedder [default: the index's own].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 def command(
@@ -62,6 +66,7 @@ def command(
     columns: str | None,
     embeddings: bool,
     output: str | None,
+    dedup: bool,
     embedder: str | None,
     device: str,
 ) -> None:
@@ -102,10 +107,10 @@ def command(
     searcher = Searcher.open(index, embedder=embedder, device=device)
     if picture is not None:
         labels, kind = [image], "image"
-        results = searcher.search_image([picture], k, where=where)
+        results = searcher.search_image([picture], k, where=where, dedup=dedup)
     else:
         labels, kind = texts, "text"
-        results = searcher.search_text(texts, k, mode=mode, where=where)
+        results = searcher.search_text(texts, k, mode=mode, where=where, dedup=dedup)
     if wanted or embeddings:
         from vlpipe.index.results import attach
 
@@ -132,7 +137,8 @@ def format_table(hits: list) -> str:
     width = max([len("uri"), *(len(h.uri) for h in hits)])
     lines = [f"{'rank':>4}  {'score':>6}  {'uri':<{width}}  caption"]
     for h in hits:
-        lines.append(f"{h.rank:>4}  {h.score:6.4f}  {h.uri:<{width}}  {h.caption or ''}")
+        copies = f"  [+{h.duplicates} duplicates]" if h.duplicates else ""
+        lines.append(f"{h.rank:>4}  {h.score:6.4f}  {h.uri:<{width}}  {h.caption or ''}{copies}")
     return "\n".join(lines)
 
 

@@ -41,7 +41,8 @@ def attach(
 
 
 def hits_table(labels: Sequence[str], results: list[list], columns: Sequence[str] = ()) -> pa.Table:
-    """One row per hit: query, rank, score, image_id, uri, caption, found_by, the asked columns
+    """One row per hit: query, rank, score, image_id, uri, caption, found_by, duplicates (with
+    dedup: the other copies of the hit's cluster), the asked columns
     (typed as in the parts) and the embedding when it was attached."""
     rows = [(label, h) for label, hits in zip(labels, results, strict=True) for h in hits]
     data = {
@@ -53,6 +54,8 @@ def hits_table(labels: Sequence[str], results: list[list], columns: Sequence[str
         "caption": [h.caption for _, h in rows],
         "found_by": [getattr(h, "found_by", "vector") for _, h in rows],
     }
+    if rows and all(getattr(h, "duplicates", None) is not None for _, h in rows):
+        data["duplicates"] = pa.array([h.duplicates for _, h in rows], pa.int32())
     for name in columns:
         data[name] = _column([(h.columns or {}).get(name) for _, h in rows])
     embedded = [h.embedding for _, h in rows if getattr(h, "embedding", None) is not None]

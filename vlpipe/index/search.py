@@ -61,6 +61,8 @@ class Hit:
     row: int = -1  # the index row (= id map row): where columns and the embedding are found
     columns: dict | None = None  # run columns asked for (vlpipe.index.results.attach)
     embedding: np.ndarray | None = None  # the stored vector, when asked for
+    #: with dedup: how many other copies the hit's near-duplicate cluster holds
+    duplicates: int | None = None
 
     def to_dict(self) -> dict:
         out = {
@@ -71,6 +73,8 @@ class Hit:
             "caption": self.caption,
             "found_by": self.found_by,
         }
+        if self.duplicates is not None:
+            out["duplicates"] = self.duplicates
         if self.columns is not None:
             out["columns"] = {k: jsonable(v) for k, v in self.columns.items()}
         if self.embedding is not None:
@@ -89,6 +93,7 @@ class Searcher:
         self._text_queries = None
         self._keyword = None  # vlpipe.index.keyword.KeywordIndex, read on first use
         self._row_filter = None  # vlpipe.index.where_rows.RowFilter, made by the first filter
+        self._collapser = None  # vlpipe.index.collapse.Collapser, read by the first dedup search
 
     @classmethod
     def open(cls, index: str, embedder: str | None = None, device: str = "cpu") -> Searcher:
@@ -132,13 +137,21 @@ class Searcher:
         return KEYWORD_DEFAULT if self.has_keywords else "vector"
 
     def search_text(
-        self, queries: list[str], k: int = 10, mode: str | None = None, where: str | None = None
+        self,
+        queries: list[str],
+        k: int = 10,
+        mode: str | None = None,
+        where: str | None = None,
+        dedup: bool = False,
     ) -> list[list[Hit]]:
         """Images for each text query. `mode` (see MODES; None: `default_mode`): keyword hits
         are images whose caption or alt text holds a query word, so there may be fewer than k
         (none at all when no image holds one); hybrid fuses both rankings (`fuse`). `where`
-        keeps only images whose row satisfies that filter (`search_vectors`)."""
+        keeps only images whose row satisfies that filter (`search_vectors`). `dedup` returns
+        each near-duplicate cluster once, as its representative (`collapsed`)."""
         k = self._check_k(k)
+        if dedup:
+            return self.collapsed(lambda depth: self.search_text(queries, depth, mode, where), k)
         if not queries or any(not q or not q.strip() for q in queries):
             raise VlpipeError("empty query: give some words to search for")
         mode = self._check_mode(mode)
@@ -166,11 +179,13 @@ class Searcher:
         ]
 
     def search_image(
-        self, images: list[Image.Image], k: int = 10, where: str | None = None
+        self, images: list[Image.Image], k: int = 10, where: str | None = None, dedup: bool = False
     ) -> list[list[Hit]]:
         k = self._check_k(k)
         if not images:
             raise VlpipeError("no query image given")
+        if dedup:
+            return self.collapsed(lambda depth: self.search_image(images, depth, where), k)
         import torch
 
         embedder = self._load_embedder()
@@ -178,13 +193,15 @@ class Searcher:
         return self.search_vectors(embedder.embed_images(pixels), k, where)
 
     def search_vectors(
-        self, vectors: np.ndarray, k: int, where: str | None = None
+        self, vectors: np.ndarray, k: int, where: str | None = None, dedup: bool = False
     ) -> list[list[Hit]]:
         """Nearest indexed images by cosine similarity to each row of `vectors`. `where` (a
         filter over the run's columns, vlpipe.index.where; None or blank: none) keeps only the
         images whose row satisfies it: k of them whenever k do."""
         import faiss
 
+        if dedup:
+            return self.collapsed(lambda depth: self.search_vectors(vectors, depth, where), k)
         k = min(self._check_k(k), self.size)
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape[1] != self.dim:
@@ -212,6 +229,23 @@ class Searcher:
         scores[short], rows[short] = filtered_search(
             self._index, vectors[short], k, everything, self.size, exact=False
         )
+
+    def collapsed(self, search, k: int) -> list[list[Hit]]:
+        """`search(depth)`'s hits with each near-duplicate cluster once: searched deeper (4x
+        per try) until every query has k clusters, or the search reached every image."""
+        if self._collapser is None:
+            from vlpipe.index.collapse import Collapser
+
+            self._collapser = Collapser.load(self.store, self._idmap)
+        k = self._check_k(k)
+        depth = min(max(4 * k, k + 40), MAX_K)
+        while True:
+            results = search(depth)
+            out = [self._collapser.collapse(hits, k) for hits in results]
+            deeper = any(len(o) < k and len(h) >= depth for o, h in zip(out, results, strict=True))
+            if not deeper or depth >= min(MAX_K, self.size):
+                return out
+            depth = min(4 * depth, MAX_K)
 
     def filter_rows(self, where: str) -> np.ndarray:
         """Sorted index rows (id map rows) whose run row satisfies the filter `where`; one-line

@@ -1,0 +1,98 @@
+"""What dedup writes: OUT/dedup/clusters.parquet (one row per run row), summary.json and the
+keep list, and how search and serve read them back (read_clusters)."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vlpipe.dedup.graph import METHODS, Clusters
+from vlpipe.rundir import CLUSTERS, DEDUP, TMP_PREFIX, RunDir, write_atomic
+
+SUMMARY = "summary.json"
+SLICE_ROWS = 1_000_000  # rows of Arrow strings made at a time while writing
+CLUSTER_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("cluster_id", pa.string()),  # the representative's image_id
+        ("is_representative", pa.bool_()),  # True for rows alone, too: they are kept
+        ("cluster_size", pa.int32()),
+        ("nearest_id", pa.string()),  # nearest other row (embedding cosine, or phash bits)
+        ("similarity", pa.float32()),  # to nearest_id: cosine, or 1 - hamming/64 for phash
+        ("method", pa.string()),  # how the row joined its cluster: sha256, phash, embedding
+    ]
+)
+
+
+def write_clusters(run: RunDir, ids: pa.ChunkedArray, c: Clusters, nearest, nearest_sim) -> None:
+    """Written in slices so at 10M rows only a slice's strings exist at a time."""
+    fs, path = run.fs, run.join(CLUSTERS)
+    tmp = run.join(DEDUP, TMP_PREFIX + posixpath.basename(CLUSTERS))
+    fs.makedirs(run.join(DEDUP), exist_ok=True)
+    methods = pa.array(METHODS)
+    with fs.open(tmp, "wb") as f, pq.ParquetWriter(f, CLUSTER_SCHEMA, compression="zstd") as w:
+        for start in range(0, len(c.component), SLICE_ROWS):
+            s = slice(start, start + SLICE_ROWS)
+            near = nearest[s]
+            has = near >= 0
+            how = c.how[s]
+            table = pa.table(
+                {
+                    "image_id": ids.slice(start, len(near)),
+                    "cluster_id": ids.take(c.representative[s]),
+                    "is_representative": c.is_representative[s],
+                    "cluster_size": c.size[s],
+                    "nearest_id": pc.if_else(has, ids.take(np.where(has, near, 0)), None),
+                    "similarity": pa.array(nearest_sim[s], mask=~has, type=pa.float32()),
+                    "method": methods.take(pa.array(how, mask=how < 0, type=pa.int8())),
+                },
+                schema=CLUSTER_SCHEMA,
+            )
+            w.write_table(table)
+    fs.mv(tmp, path)
+
+
+def write_summary(run: RunDir, summary: dict) -> None:
+    write_atomic(run.fs, run.join(DEDUP, SUMMARY), json.dumps(summary, indent=1).encode())
+
+
+def read_summary(run: RunDir) -> dict | None:
+    try:
+        return json.loads(run.fs.cat_file(run.join(DEDUP, SUMMARY)))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def write_keep_list(run: RunDir, path: str) -> int:
+    """The image_ids to keep (representatives and rows alone), one per line; returns how many."""
+    import fsspec
+
+    kept = 0
+    with fsspec.open(path, "w") as out:
+        for batch in pq.ParquetFile(run.fs.open(run.join(CLUSTERS), "rb")).iter_batches(
+            columns=["image_id", "is_representative"], batch_size=SLICE_ROWS
+        ):
+            ids = batch.column(0).filter(batch.column(1)).to_pylist()
+            out.writelines(f"{i}\n" for i in ids)
+            kept += len(ids)
+    return kept
+
+
+def read_clusters(run: RunDir, columns: list[str] | None = None) -> pa.Table | None:
+    """clusters.parquet (the named columns), or None when dedup has not run."""
+    path = run.join(CLUSTERS)
+    if not run.fs.exists(path):
+        return None
+    return pq.read_table(run.fs.open(path, "rb"), columns=columns)
+
+
+def histogram(nearest_sim: np.ndarray, bins: int = 50) -> dict:
+    """Counts of each row's nearest-neighbour similarity in equal bins over [0, 1]."""
+    values = np.clip(nearest_sim[np.isfinite(nearest_sim)], 0.0, 1.0)
+    counts, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    return {"edges": [round(float(e), 4) for e in edges], "counts": counts.tolist()}
