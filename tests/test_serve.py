@@ -323,3 +323,77 @@ def test_raw_traversal_paths_on_a_real_server(live_url, raw_path):
     conn.close()
     assert response.status == 404
     assert json.loads(body)["error"] and b"root:" not in body
+
+
+@pytest.fixture(scope="module")
+def dedup_client(tmp_path_factory):
+    """A client over a real run (mini models) of photos and copies of them, deduplicated."""
+    from tests.test_dedup_report import make_dedup_run
+    from vlpipe.index.search import Searcher
+
+    out, expected = make_dedup_run(tmp_path_factory.mktemp("serve-dedup"))
+    app = create_app(Searcher.open(str(out)), ThumbnailCache(tmp_path_factory.mktemp("dt")))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c, expected
+
+
+def _names(cluster: dict) -> set[str]:
+    return {Path(m["uri"]).name for m in cluster["members"]}
+
+
+def test_duplicates_lists_the_clusters_biggest_first(dedup_client):
+    client, expected = dedup_client
+    body = client.get("/api/duplicates").json()
+    clusters = body["clusters"]
+    assert body["total"] == 3 and [c["size"] for c in clusters] == [3, 2, 2]
+    assert _names(clusters[0]) == expected[0]
+    assert sorted(map(sorted, map(_names, clusters))) == sorted(map(sorted, expected))
+    for c in clusters:
+        members = c["members"]
+        assert len(members) == c["size"]
+        assert [m["is_representative"] for m in members] == [True] + [False] * (c["size"] - 1)
+        assert members[0]["image_id"] == c["cluster_id"]
+        for m in members:
+            assert m["method"] in ("sha256", "phash", "embedding") and 0 < m["similarity"] < 1.01
+            assert m["caption"] and Path(m["uri"]).exists()
+            thumb = client.get(m["thumb"])
+            assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+    exact = next(m for m in clusters[0]["members"] if Path(m["uri"]).name.startswith("copy <b"))
+    assert exact["method"] == "sha256" and exact["similarity"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_duplicates_pages_and_bounds(dedup_client):
+    client, _ = dedup_client
+    everything = client.get("/api/duplicates").json()["clusters"]
+    second = client.get("/api/duplicates", params={"offset": 1, "limit": 1}).json()
+    assert second["total"] == 3 and second["clusters"] == everything[1:2]
+    assert client.get("/api/duplicates", params={"offset": 5}).json()["clusters"] == []
+    for params in ({"limit": 0}, {"limit": 101}, {"offset": -1}, {"limit": "ten"}):
+        r = client.get("/api/duplicates", params=params)
+        assert r.status_code == 400 and r.json()["error"]
+
+
+def test_duplicates_without_dedup_output_is_a_json_404(client):
+    r = client.get("/api/duplicates")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"].startswith("no duplicates: run vlpipe dedup")
+
+
+def test_search_collapses_duplicates_when_asked(dedup_client):
+    from tests.test_dedup_report import N_PHOTOS
+
+    client, expected = dedup_client
+    params = {"q": "a dog", "k": 100}
+    every = client.get("/api/search", params=params).json()["results"]
+    assert len(every) == N_PHOTOS + 4 and all("duplicates" not in h for h in every)
+    hits = client.get("/api/search", params={**params, "dedup": 1}).json()["results"]
+    assert len(hits) == N_PHOTOS == len({h["image_id"] for h in hits})
+    assert sorted(h["duplicates"] for h in hits if h["duplicates"]) == [1, 1, 2]
+    assert [h["rank"] for h in hits] == list(range(1, N_PHOTOS + 1))
+    assert all(len({Path(h["uri"]).name for h in hits} & names) == 1 for names in expected)
+    # by an indexed copy: its cluster comes back once, as the representative
+    copy = next(h for h in every if Path(h["uri"]).name == "copy-q15.jpg")
+    by_image = {"image_id": copy["image_id"], "k": 3, "dedup": "1"}
+    first = client.get("/api/search", params=by_image).json()["results"][0]
+    biggest = client.get("/api/duplicates", params={"limit": 1}).json()["clusters"][0]
+    assert first["image_id"] == biggest["cluster_id"] and first["duplicates"] == 2

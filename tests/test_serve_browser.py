@@ -2,7 +2,7 @@
 
 Needs Debian's `chromium` (apt-get install chromium) and the `playwright` Python package; browser
 downloads (`playwright install`) do not work offline, so the system browser is launched directly.
-Keeps a screenshot in test-artifacts/serve.png.
+Keeps screenshots in test-artifacts/serve.png and test-artifacts/serve-duplicates.png.
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ def server(tmp_path_factory):
     pytest.importorskip("uvicorn", reason="needs the 'serve' extra")
     root = tmp_path_factory.mktemp("browser")
     out, captions = make_indexed_run(root)
+    for url in _serve(out, root):
+        yield url, out, sorted(captions)
+
+
+def _serve(out, root):
+    """`vlpipe serve` over the run `out` until the generator is closed; yields its URL."""
     port = _free_port()
     log = open(root / "serve.log", "w+")
     proc = subprocess.Popen(
@@ -58,14 +64,17 @@ def server(tmp_path_factory):
                 log.seek(0)
                 pytest.fail(f"vlpipe serve did not start:\n{log.read()}")
             time.sleep(0.3)
-    yield url, out, sorted(captions)
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One headless Chromium for the module (Playwright's sync API allows one at a time)."""
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
@@ -79,10 +88,20 @@ def page(server):
                 "--no-first-run",
             ],
         )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(server[0])
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    yield from _page(browser, server[0])
+
+
+def _page(browser, url):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    yield page
+    page.close()
 
 
 LOADED_THUMBS = """n => [...document.querySelectorAll('#grid .card img')]
@@ -157,3 +176,79 @@ def test_the_filter_field_narrows_the_results(page):
     page.wait_for_function("() => document.getElementById('status').className === 'error'")
     assert "functions are not allowed" in page.inner_text("#status")
     page.fill("#where", "")
+
+
+# ---- near-duplicates: the Duplicates view and "collapse duplicates" ---------------------------
+
+
+@pytest.fixture(scope="module")
+def dup_server(tmp_path_factory):
+    """`vlpipe serve` over a real run (mini models) of photos and copies, deduplicated."""
+    pytest.importorskip("uvicorn", reason="needs the 'serve' extra")
+    from tests.test_dedup_report import make_dedup_run
+
+    root = tmp_path_factory.mktemp("browser-dedup")
+    out, expected = make_dedup_run(root)
+    for url in _serve(out, root):
+        yield url, expected
+
+
+@pytest.fixture(scope="module")
+def dup_page(dup_server, browser):
+    yield from _page(browser, dup_server[0])
+
+
+def test_duplicates_view_shows_each_cluster_side_by_side(dup_page, dup_server):
+    _, expected = dup_server
+    page = dup_page
+    page.click("#dupstab")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#clusters .member img')]"
+        ".filter(i => i.complete && i.naturalWidth > 0).length === 7",
+        timeout=30_000,
+    )
+    assert page.locator("#grid").is_hidden() and page.locator("#dupview").is_visible()
+    assert "3 groups of near-duplicates" in page.inner_text("#status")
+    clusters = page.locator("#clusters .cluster")
+    assert clusters.count() == 3
+    shown = []
+    for i in range(3):
+        members = clusters.nth(i).locator(".member")
+        boxes = [members.nth(j).bounding_box() for j in range(members.count())]
+        assert len({round(b["y"]) for b in boxes}) == 1  # one row, side by side
+        assert [b["x"] for b in boxes] == sorted(b["x"] for b in boxes)
+        assert members.nth(0).get_attribute("class") == "member rep"
+        assert members.nth(0).locator(".badge").inner_text() == "representative"
+        assert members.locator(".badge").count() == 1
+        shown.append({members.nth(j).locator(".name").inner_text() for j in range(len(boxes))})
+    assert shown[0] == expected[0]
+    assert sorted(map(sorted, shown)) == sorted(map(sorted, expected))
+    assert page.locator("#dupnext").is_disabled() and page.locator("#dupprev").is_disabled()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-duplicates.png"))
+
+
+def test_collapse_duplicates_shows_each_cluster_once(dup_page, dup_server):
+    from tests.test_dedup_report import N_PHOTOS
+
+    _, expected = dup_server
+    page = dup_page
+    page.fill("#q", "a dog")
+    page.check("#dedup")
+    page.press("#q", "Enter")
+    page.wait_for_function(
+        "() => document.getElementById('status').textContent.includes('results for')"
+    )
+    assert page.locator("#grid").is_visible() and page.locator("#dupview").is_hidden()
+    cards = page.locator("#grid .card")
+    assert cards.count() == N_PHOTOS  # 12 images, 8 after collapsing the 3 clusters
+    notes = sorted(page.locator("#grid .card .dups").all_inner_texts())
+    assert notes == ["+1 duplicate", "+1 duplicate", "+2 duplicates"]
+    names = {u.rsplit("/", 1)[-1] for u in page.locator("#grid .card .uri").all_inner_texts()}
+    assert all(len(names & cluster) == 1 for cluster in expected)
+    page.uncheck("#dedup")
+    page.press("#q", "Enter")
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#grid .card').length === {N_PHOTOS + 4}"
+    )
+    assert page.locator("#grid .card .dups").count() == 0

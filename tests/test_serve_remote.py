@@ -28,8 +28,8 @@ pytest.importorskip("multipart", reason="needs the 'serve' extra: pip install 'v
 
 from starlette.testclient import TestClient  # noqa: E402
 
+from vlpipe.reading.sources import ThumbnailError, read_source, split_tar_uri  # noqa: E402
 from vlpipe.serve.app import Limits, SearchService, create_app  # noqa: E402
-from vlpipe.serve.sources import ThumbnailError, read_source, split_tar_uri  # noqa: E402
 from vlpipe.serve.thumbnails import ThumbnailCache  # noqa: E402
 
 DIM = 16

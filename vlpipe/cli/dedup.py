@@ -39,6 +39,7 @@ from vlpipe.dedup.run import (
 @click.option("--keep-list", default=None, help="Write the image_ids to keep, one per line.")
 @click.option("--full", is_flag=True, help="Compare every row again, not only new ones.")
 @click.option("--no-report", is_flag=True, help="Skip OUT/dedup/report.html.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line.")
 def command(
     run_dir: str,
     method: str,
@@ -47,6 +48,7 @@ def command(
     keep_list: str | None,
     full: bool,
     no_report: bool,
+    as_json: bool,
 ) -> None:
     """Group RUN_DIR's near-duplicate images into RUN_DIR/dedup/clusters.parquet."""
     from vlpipe.dedup.output import write_keep_list
@@ -54,18 +56,27 @@ def command(
 
     options = DedupOptions(method, threshold, phash_distance, full)
     summary = dedup(run_dir, options)
-    click.echo(summary_line(summary))
+    if as_json:
+        import json
+
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(summary_line(summary))
     where = f"{run_dir.rstrip('/')}/dedup"
     if not no_report:
         from vlpipe.dedup.report import write_report
 
-        click.echo(f"report: {write_report(run_dir)}")
-    click.echo(f"clusters: {where}/clusters.parquet")
+        report = write_report(run_dir)
+        if not as_json:
+            click.echo(f"report: {report}")
+    if not as_json:
+        click.echo(f"clusters: {where}/clusters.parquet")
     if keep_list:
         from vlpipe.rundir import RunDir
 
         kept = write_keep_list(RunDir(run_dir), keep_list)
-        click.echo(f"keep list: {kept} image_ids in {keep_list}")
+        if not as_json:
+            click.echo(f"keep list: {kept} image_ids in {keep_list}")
 
 
 def summary_line(s: dict) -> str:

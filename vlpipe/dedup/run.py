@@ -63,7 +63,10 @@ def dedup(run_dir: str, options: DedupOptions = DedupOptions()) -> dict:
     options.check()
     start = time.perf_counter()
     run = RunDir(run_dir)
-    manifest = run.read_manifest()
+    try:
+        manifest = run.read_manifest()
+    except ValueError as exc:
+        raise VlpipeError(f"corrupt manifest.json in {run_dir}: {exc}") from None
     if manifest is None:
         raise VlpipeError(f"no vlpipe run at {run_dir} (no manifest.json)")
     if "vectors" in options.spaces and captions_only(manifest):
@@ -92,7 +95,7 @@ def dedup(run_dir: str, options: DedupOptions = DedupOptions()) -> dict:
 
 
 def _settings(options: DedupOptions, manifest: dict) -> dict:
-    embedder = manifest.get("embedder") or {}
+    embedder = (manifest.get("models") or {}).get("embedder") or {}
     fingerprint = embedder.get("fingerprint") if isinstance(embedder, dict) else None
     return {
         "method": options.method,

@@ -2,12 +2,15 @@
 
 Routes:
   GET  /                         the page (inline CSS and JS, no outside assets)
-  GET  /api/search?q=TEXT&k=K    text -> image search
+  GET  /api/search?q=TEXT&k=K    text -> image search (&dedup=1: one hit per near-duplicate
+                                 cluster, its representative, with `duplicates` = the others)
   GET  /api/search?image_id=ID   image -> image search with an indexed image
   POST /api/search?k=K           image -> image search with an uploaded image (multipart `image`)
   GET  /thumb/{image_id}         JPEG thumbnail of an indexed image: the run's stored one
                                  (--save-thumbnails), else made from the indexed uri (a file,
                                  any fsspec URL, or a tar member `<tar url>#<member>`)
+  GET  /api/duplicates?offset&limit  the clusters `vlpipe dedup` found, biggest first
+                                 (vlpipe.serve.duplicates)
 
 Safety: images are served by image_id only, and only ids the index knows; no request ever names
 a path that gets opened. Queries, k and uploads are bounded, uploads go through the pipeline's
@@ -33,7 +36,8 @@ from starlette.routing import Route
 
 from vlpipe.errors import VlpipeError
 from vlpipe.index.results import jsonable
-from vlpipe.serve.sources import ThumbnailError, read_source
+from vlpipe.reading.sources import ThumbnailError, read_source
+from vlpipe.serve.duplicates import duplicates_route
 from vlpipe.serve.stored import StoredThumbnails
 from vlpipe.serve.thumbnails import SAFE_ID, ThumbnailCache
 
@@ -73,8 +77,9 @@ class SearchService:
         opts = opts or Options()
         with self._lock:
             hits = self.searcher.search_text(
-                [query], self._k(opts.offset + k), mode=opts.mode, where=opts.where
-            )[0]
+                [query], self._k(opts.offset + k), mode=opts.mode, where=opts.where,
+                **opts.extra,
+            )[0]  # fmt: skip
             return self._page(hits, opts)
 
     def _page(self, hits: list, opts: Options) -> list:
@@ -95,7 +100,9 @@ class SearchService:
             raise HTTPException(422, f"cannot decode the image: {exc}") from None
         opts = opts or Options()
         with self._lock:
-            hits = self.searcher.search_image([image], self._k(opts.offset + k), where=opts.where)
+            hits = self.searcher.search_image(
+                [image], self._k(opts.offset + k), where=opts.where, **opts.extra
+            )
             return self._page(hits[0], opts)
 
     def by_indexed_image(self, image_id: str, k: int, opts: Options | None = None) -> list:
@@ -144,6 +151,8 @@ def _hit_json(hit) -> dict:
         "found_by": getattr(hit, "found_by", "vector"),
         "thumb": f"/thumb/{hit.image_id}",
     }
+    if getattr(hit, "duplicates", None) is not None:
+        out["duplicates"] = int(hit.duplicates)
     if getattr(hit, "columns", None) is not None:
         out["columns"] = {k: jsonable(v) for k, v in hit.columns.items()}
     if getattr(hit, "embedding", None) is not None:
@@ -160,6 +169,13 @@ class Options:
     columns: tuple[str, ...] = ()
     embeddings: bool = False
     offset: int = 0
+    dedup: bool = False  # one hit per near-duplicate cluster (needs `vlpipe dedup`)
+
+    @property
+    def extra(self) -> dict:
+        """Keywords for the searcher beyond the basic ones, only when asked for: a searcher
+        that does not know them still answers plain searches."""
+        return {"dedup": True} if self.dedup else {}
 
 
 def _parse_options(request: Request, k: int) -> Options:
@@ -176,9 +192,13 @@ def _parse_options(request: Request, k: int) -> Options:
     if mode not in (None, "vector", "keyword", "hybrid"):
         raise HTTPException(400, "mode must be vector, keyword or hybrid")
     columns = tuple(c.strip() for c in params.get("columns", "").split(",") if c.strip())
-    embeddings = params.get("embeddings", "0").lower() in ("1", "true", "yes")
+    embeddings = _flag(params.get("embeddings", "0"))
     where = params.get("where", "").strip() or None
-    return Options(where, mode, columns, embeddings, offset)
+    return Options(where, mode, columns, embeddings, offset, _flag(params.get("dedup", "0")))
+
+
+def _flag(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes")
 
 
 def _parse_k(request: Request, limits: Limits) -> int:
@@ -277,6 +297,7 @@ def create_app(searcher, thumbs: ThumbnailCache, limits: Limits | None = None, *
             Route("/api/search", search_get, methods=["GET"]),
             Route("/api/search", search_post, methods=["POST"]),
             Route("/thumb/{image_id}", thumb),
+            duplicates_route(searcher),
         ],
         exception_handlers={
             HTTPException: _http_error,

@@ -9,14 +9,13 @@ reading the source, and cached the same way.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from vlpipe.serve.sources import ThumbnailError, read_source
+from vlpipe.reading.sources import ThumbnailError, read_source, thumbnail_jpeg
 
 __all__ = ["SAFE_ID", "ThumbnailCache", "ThumbnailError", "default_cache_dir", "read_source"]
 
@@ -57,7 +56,7 @@ class ThumbnailCache:
             pass
         data = stored() if stored is not None else None
         if data is None:
-            data = self._make(read_source(uri, self.max_source_bytes))
+            data = thumbnail_jpeg(read_source(uri, self.max_source_bytes), self.size)
         self._save(path, data)
         return data
 
@@ -67,15 +66,3 @@ class ThumbnailCache:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)  # atomic: concurrent requests never see half a file
-
-    def _make(self, source: bytes) -> bytes:
-        from vlpipe.transforms.decode import DecodeError, decode_image
-
-        try:
-            image = decode_image(source, self.size).image
-        except DecodeError as exc:
-            raise ThumbnailError(f"cannot decode the indexed image: {exc}") from None
-        image.thumbnail((self.size, self.size))
-        buf = io.BytesIO()
-        image.save(buf, "JPEG", quality=85, optimize=True)
-        return buf.getvalue()
