@@ -16,15 +16,10 @@ from tests.conftest import REPO
 from tests.synthetic import part_table, write_manifest
 from vlpipe.errors import VlpipeError
 from vlpipe.index.build import build_index
+from vlpipe.index.hits import COMMON_WEIGHT, RARE_SHARE, RARE_WEIGHT, RRF_K, Hit, fuse
 from vlpipe.index.search import (
-    COMMON_WEIGHT,
     KEYWORD_DEFAULT,
-    RARE_SHARE,
-    RARE_WEIGHT,
-    RRF_K,
-    Hit,
     Searcher,
-    fuse,
 )
 from vlpipe.index.store import IndexDir
 from vlpipe.rundir import PARTS, RunDir, write_table_atomic

@@ -99,4 +99,3 @@ def cluster(n: int, edges: Edges, area: np.ndarray, nbytes: np.ndarray, ids: pa.
         how[edges.a[touched]] = method
         how[edges.b[touched]] = method
     return Clusters(component, rep_of_component[component], size[component].astype(np.int32), how)
-

@@ -67,7 +67,7 @@ class Duplicates:
                     ("image_id", "ascending"),
                 ]  # fmt: skip
             ).combine_chunks()
-            ids = _idmap(self.searcher).column("image_id")
+            ids = self.searcher.idmap.column("image_id")
             rows = pc.index_in(table.column("image_id"), value_set=ids)
             self._rows = pc.fill_null(rows, -1).to_numpy(zero_copy_only=False).astype(np.int64)
             self._starts = _group_starts(table.column("cluster_id"))
@@ -93,7 +93,7 @@ class Duplicates:
     def _cluster(self, start: int, end: int) -> dict:
         part = self._table.slice(start, end - start).to_pydict()
         rows = self._rows[start:end]
-        idmap = _idmap(self.searcher)
+        idmap = self.searcher.idmap
         looked = idmap.select(["uri", "caption"]).take(np.where(rows >= 0, rows, 0)).to_pydict()
         members = []
         for j, image_id in enumerate(part["image_id"]):
@@ -115,12 +115,6 @@ class Duplicates:
             "size": int(part["cluster_size"][0]),
             "members": members,
         }
-
-
-def _idmap(searcher) -> pa.Table:
-    """The Searcher's id map (image_id, uri, caption per index row)."""
-    idmap = getattr(searcher, "idmap", None)
-    return idmap if idmap is not None else searcher._idmap
 
 
 def _group_starts(cluster_id: pa.Array) -> np.ndarray:
