@@ -18,6 +18,8 @@ from vlpipe.models import registry
 from vlpipe.models.mini import CONFIG_NAME
 from vlpipe.train.data import load_corpus
 
+N_TRAIN, N_DEV = 64, 40  # the first photos of each split
+
 
 def _small_corpus(flickr: Path, dest: Path, n_train: int, n_dev: int) -> Path:
     """A Flickr8k-format directory with the first photos of each split (real files)."""
@@ -40,7 +42,7 @@ def _small_corpus(flickr: Path, dest: Path, n_train: int, n_dev: int) -> Path:
 @pytest.fixture(scope="module")
 def trained(flickr, tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("mini_train")
-    data = _small_corpus(flickr, root / "data", 32, 8)
+    data = _small_corpus(flickr, root / "data", N_TRAIN, N_DEV)
     out = root / "model"
     result = CliRunner().invoke(
         main,
@@ -54,6 +56,8 @@ def trained(flickr, tmp_path_factory) -> tuple[Path, dict]:
             "6",
             "--beams",
             "1,2",
+            "--seed",
+            "0",
             "--json",
         ],
     )
@@ -67,9 +71,42 @@ def test_training_lowers_both_losses(trained):
     assert len(history["embed_loss"]) >= 2 and len(history["caption_loss"]) >= 2
     assert history["embed_loss"][-1] < history["embed_loss"][0]
     assert history["caption_loss"][-1] < history["caption_loss"][0]
-    for key in ("t2i_r1", "t2i_r10", "i2t_r1", "bleu4", "cider"):
-        assert 0.0 <= metrics[key] <= max(1.0, metrics["cider"])
-    assert metrics["n_images"] == 8 and metrics["num_beams"] in (1, 2)
+    assert metrics["n_images"] == N_DEV and metrics["num_beams"] in (1, 2)
+
+
+def test_short_training_beats_untrained_heads(trained, flickr):
+    """Six epochs on 64 photos must lift dev retrieval well above the same model with its heads
+    freshly initialised (the towers alone, projected at random, are near chance). Measured over
+    seeds 0-2 (t2i among the 40 dev photos, 200 captions): trained R@1 0.165-0.19 / R@5
+    0.555-0.58, untrained 0.01-0.03 / 0.07-0.15, chance 0.025 / 0.125."""
+    import torch
+
+    from vlpipe.eval.metrics import retrieval_recalls
+    from vlpipe.models.mini.model import MiniModel, build_parts
+
+    out, metrics = trained
+    names = flickr_split(flickr, "dev", N_DEV)
+    refs = {n: [] for n in names}
+    with open(flickr / "captions.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["image"] in refs:
+                refs[row["image"]].append(row["caption"])
+    texts = [c for n in names for c in refs[n]]
+    owner = np.array([i for i, n in enumerate(names) for _ in refs[n]])
+    model = MiniModel.load(str(out), device="cpu")
+    pixels = torch.stack([model.preprocess(Image.open(flickr / "images" / n)) for n in names])
+
+    def recalls() -> dict:
+        return retrieval_recalls(model.embed_texts(texts), model.embed_images(pixels), owner)
+
+    got = recalls()
+    assert abs(got["t2i_r1"] - metrics["t2i_r1"]) < 1e-6  # what `vlpipe train` reported
+    torch.manual_seed(0)
+    model.heads.load_state_dict(build_parts(model.config)[0].state_dict())
+    model.heads.eval()
+    untrained = recalls()
+    assert got["t2i_r1"] >= untrained["t2i_r1"] + 0.10, (got, untrained)
+    assert got["t2i_r5"] >= untrained["t2i_r5"] + 0.30, (got, untrained)
 
 
 def test_trained_directory_loads_and_runs(trained, flickr):
