@@ -179,7 +179,7 @@ def test_bad_input_is_one_line(corpus, tmp_path):
     for args, message in [
         (["dedup", str(corpus["out"]), "--threshold", "1.5"], "outside (0, 1]"),
         (["dedup", str(corpus["out"]), "--phash-distance", "40"], "outside 0..24"),
-        (["dedup", str(tmp_path / "nothing")], "no vlpipe run"),
+        (["dedup", str(tmp_path / "nothing")], "no run directory"),
     ]:
         proc = vlpipe(*args, check=False)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr

@@ -31,6 +31,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlpipe.errors import VlpipeError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -95,6 +97,18 @@ class RunDir:
             return None
         with self.fs.open(name, "r") as f:
             return json.load(f)
+
+    def require_manifest(self) -> dict:
+        """manifest.json, or a one-line VlpipeError saying why this is not a run to read."""
+        if not self.exists():
+            raise VlpipeError(f"no run directory at {self.path}")
+        try:
+            manifest = self.read_manifest()
+        except ValueError as exc:
+            raise VlpipeError(f"corrupt manifest.json in {self.path}: {exc}") from None
+        if manifest is None:
+            raise VlpipeError(f"{self.path} has no manifest.json: not a vlpipe run directory")
+        return manifest
 
     def write_manifest(self, manifest: dict) -> None:
         write_atomic(self.fs, self.join(MANIFEST), json.dumps(manifest, indent=2).encode())

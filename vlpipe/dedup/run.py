@@ -63,12 +63,7 @@ def dedup(run_dir: str, options: DedupOptions = DedupOptions()) -> dict:
     options.check()
     start = time.perf_counter()
     run = RunDir(run_dir)
-    try:
-        manifest = run.read_manifest()
-    except ValueError as exc:
-        raise VlpipeError(f"corrupt manifest.json in {run_dir}: {exc}") from None
-    if manifest is None:
-        raise VlpipeError(f"no vlpipe run at {run_dir} (no manifest.json)")
+    manifest = run.require_manifest()
     if "vectors" in options.spaces and captions_only(manifest):
         raise VlpipeError(f"{run_dir} has no embeddings (a captions-only run): use --method phash")
     names = [posixpath.basename(p) for p in run.parts()]

@@ -80,14 +80,7 @@ def build_index(
 
 
 def _run_embedder(run: RunDir, run_dir: str) -> dict:
-    if not run.exists():
-        raise VlpipeError(f"no run directory at {run_dir}")
-    try:
-        manifest = run.read_manifest()
-    except ValueError as exc:
-        raise VlpipeError(f"corrupt manifest.json in {run_dir}: {exc}") from None
-    if manifest is None:
-        raise VlpipeError(f"{run_dir} has no manifest.json: not a vlpipe run directory")
+    manifest = run.require_manifest()
     if captions_only(manifest):
         raise captions_only_error(run_dir)
     try:
