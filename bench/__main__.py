@@ -33,6 +33,9 @@ BENCHMARKS = {
     "modes": ("bench.modes", False),
     "hybrid": ("bench.hybrid", False),
     "search": ("bench.search", False),
+    "dedup_quality": ("bench.dedup_quality", False),
+    "dedup_scale": ("bench.dedup_scale", False),
+    "mini_lowres": ("bench.mini_lowres", True),
 }
 
 

@@ -193,3 +193,39 @@ def _print_table(results: dict, cli: dict) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def markdown(result: dict) -> str:
+    d = result["details"]
+    cols = ["precision", "recall", *[f"recall_{t}" for t in TRANSFORMS]]
+    lines = [
+        f"Two sets of {d['originals_per_set']} originals, each with six copies (jpeg q12, resize"
+        " 40%, crop 10-20% per side, caption bar + logo, brightness/contrast, grayscale) and one"
+        " hard negative (the photo of the split with the most alike reference captions): `tune`"
+        " from train photos, `report` from dev photos, embedded and hashed by `vlpipe run`"
+        " (vlpipe-mini). Per method, the setting with the highest pair recall and no false pair"
+        " on tune is chosen; the best method is the default. Dev, once:",
+        "",
+        "| method (setting chosen on tune) | "
+        + " | ".join(c.replace("recall_", "") for c in cols)
+        + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+    rows = list(d["dev_by_method"].items()) + [
+        ("`vlpipe dedup` defaults", d["dev_vlpipe_dedup_cli"])
+    ]
+    for name, r in rows:
+        c = d["chosen_on_tune"].get(name)
+        setting = ""
+        if c:
+            parts = [f"cos >= {c['threshold']}" if name != "phash" else f"<= {c['threshold']} bits"]
+            if c["phash_distance"] is not None:
+                parts.append(f"<= {c['phash_distance']} bits")
+            setting = f" ({' or '.join(parts)})"
+        lines.append(f"| {name}{setting} | " + " | ".join(f"{r[k]:.3f}" for k in cols) + " |")
+    lines += [
+        "",
+        f"Shipped defaults {d['shipped_defaults']}: "
+        + ("the ones chosen on tune." if d["shipped_equals_picked"] else "NOT the ones chosen."),
+    ]
+    return "\n".join(lines)

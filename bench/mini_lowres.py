@@ -109,3 +109,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def markdown(result: dict) -> str:
+    s = result["details"]["scores"]
+    keys = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "bleu4", "cider")
+    lines = [
+        f"Model `{result['details']['model']}` on the 1,000 Flickr8k dev photos as shipped (224x224"
+        " squashed), `lowres160` (160 px on the short side, aspect kept, scaled back up) and"
+        " `long200` (200 px on the long side, aspect kept, left small); `vlpipe run` then"
+        " `vlpipe eval` against the dev reference captions.",
+        "",
+        "| set | " + " | ".join(keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    lines += [f"| {k} | " + " | ".join(f"{v[x]:.3f}" for x in keys) + " |" for k, v in s.items()]
+    return "\n".join(lines)

@@ -30,6 +30,9 @@ RENDERERS = {
     "modes": "bench.modes",
     "hybrid": "bench.hybrid",
     "search": "bench.search",
+    "dedup_quality": "bench.dedup_quality",
+    "dedup_scale": "bench.dedup_scale",
+    "mini_lowres": "bench.mini_lowres",
 }
 
 

@@ -145,7 +145,7 @@ def _record_nearest(rows, sims, ids, nearest, nearest_sim) -> None:
 
 def _add_range(space: Space, rows, x, threshold, found: Found) -> None:
     lims, sims, ids = space.range(x, threshold)
-    owner = np.repeat(rows, np.diff(lims))
+    owner = np.repeat(rows, np.diff(lims.astype(np.int64)))
     keep = ids != owner
     found.add(owner[keep], ids[keep], sims[keep])
 

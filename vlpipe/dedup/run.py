@@ -19,7 +19,7 @@ import numpy as np
 
 from vlpipe.dedup import neighbours, output, state
 from vlpipe.dedup.graph import EMBEDDING, METHODS, PHASH, Edges, cluster, sha_edges
-from vlpipe.dedup.neighbours import EXACT_MAX, Space
+from vlpipe.dedup.neighbours import Space
 from vlpipe.dedup.signals import Signals, iter_part, part_rows, read_signals
 from vlpipe.errors import VlpipeError
 from vlpipe.index.adder import valid_vectors
@@ -157,7 +157,9 @@ class _Job:
         if self.old is not None:
             index = state.load_index(self.run, name)
             trained = self.trained.get(name)
-            outgrown = (trained and n > RETRAIN_GROWTH * trained) or (not trained and n > EXACT_MAX)
+            outgrown = (trained and n > RETRAIN_GROWTH * trained) or (
+                not trained and n > neighbours.EXACT_MAX
+            )
             if index is None or outgrown:
                 return None
             return Space(index, binary=name == "hashes")
@@ -167,7 +169,7 @@ class _Job:
             space = Space.vectors(dim, n, sample)
         else:
             space = Space.hashes(n, sample)
-        self.trained[name] = n if n > EXACT_MAX else None
+        self.trained[name] = n if n > neighbours.EXACT_MAX else None
         return space
 
     def _vectors(self, start: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -225,7 +227,7 @@ def informative(phash: np.ndarray) -> np.ndarray:
 
 def _sample(batches: Iterator[tuple[np.ndarray, np.ndarray]], n: int, size: int = 262_144):
     """Every k-th item so the sample spreads over all parts (only IVF training needs it)."""
-    if n <= EXACT_MAX:
+    if n <= neighbours.EXACT_MAX:
         return np.zeros((0, 0), np.float32)
     step = max(1, n // size)
     picked = [x[rows % step == 0] for rows, x in batches]
