@@ -196,3 +196,26 @@ def test_manifest_corpus(flickr, tmp_path):
     assert corpus.paths == [str(tmp_path / n) for n in names]
     assert corpus.captions[2] == ["caption 2 0", "caption 2 1"]
     assert corpus.splits.count("dev") == 1 and corpus.splits[-1] == "dev"
+
+
+def test_lowres_view_is_cached_beside_the_plain_one(flickr, tmp_path):
+    """--lowres trains on a second cached view: the same photos made small (128-200 px short
+    side, JPEG re-encoded) and scaled back; its features differ from the plain view's."""
+    from vlpipe.train.cache import degrade
+
+    data = _small_corpus(flickr, tmp_path / "data", 12, 3)
+    cache = tmp_path / "cache"
+    argv = ["train", "--data", str(data), "--output", str(tmp_path / "model"), "--cache",
+            str(cache), "--epochs", "1", "--lowres", "1", "--beams", "1", "--json"]  # fmt: skip
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
+    plain, low = (
+        np.load(p) for p in sorted(cache.glob("images-*.npy"), key=lambda p: p.stat().st_mtime)
+    )
+    assert plain.shape == low.shape and not np.allclose(plain, low)
+    photo = next(data.glob("images/*"))
+    with Image.open(photo) as im:
+        small = degrade(im.convert("RGB"), str(photo))
+        assert small.size == im.size  # scaled back: the model sees the same frame, less detail
+        again = degrade(im.convert("RGB"), str(photo))
+    assert np.array_equal(np.asarray(small), np.asarray(again))  # the same view every time

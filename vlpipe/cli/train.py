@@ -63,6 +63,14 @@ import click
     help="Share of embedding batches trained on random crops of the cached feature maps.",
 )
 @click.option(
+    "--lowres",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of embedding training images seen as a small photo would come: scaled to "
+    "128-200 px on the short side, JPEG re-encoded, scaled back (a second cached view).",
+)
+@click.option(
     "--dim", type=click.IntRange(8), default=256, show_default=True, help="Joint embedding size."
 )
 @click.option(
@@ -90,6 +98,7 @@ def command(
     unfreeze_last_stage,
     tail_stage,
     crop,
+    lowres,
     dim,
     beams,
     max_train_images,
@@ -111,6 +120,7 @@ def command(
         unfreeze=unfreeze_last_stage,
         tail_stage=tail_stage,
         crop=crop,
+        lowres=lowres,
         dim=dim,
         beams=beam_list,
         max_train_images=max_train_images,

@@ -26,21 +26,50 @@ def _save(path: str, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def load_pixels(path: str) -> torch.Tensor:
-    """One image file to uint8 CHW at 224x224, the same preprocessing MiniModel uses."""
+def load_pixels(path: str, view: str = "plain") -> torch.Tensor:
+    """One image file to uint8 CHW at 224x224, the same preprocessing MiniModel uses; the
+    "lowres" view first makes it a small photo (`degrade`)."""
     from PIL import Image
 
     from vlpipe.models.mini.model import preprocess_image
 
     with Image.open(path) as img:
-        return preprocess_image(img.convert("RGB"))
+        img = img.convert("RGB")
+        return preprocess_image(degrade(img, path) if view == "lowres" else img)
+
+
+def degrade(img, key: str):
+    """The photo as a small web copy would come: 128-200 px on its short side (aspect kept),
+    JPEG quality 50-90, scaled back up; the same for the same `key` (the file's path)."""
+    import io
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(hashlib.sha1(key.encode()).hexdigest())
+    w, h = img.size
+    scale = rng.uniform(128, 200) / min(w, h)
+    if scale < 1:
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=rng.randint(50, 90))
+    with Image.open(buf) as small:
+        return small.convert("RGB").resize((w, h), Image.BICUBIC)
 
 
 def image_features(
-    paths: list[str], cache_dir: str, stage: int, batch_size: int = 64, progress: bool = True
+    paths: list[str],
+    cache_dir: str,
+    stage: int,
+    batch_size: int = 64,
+    progress: bool = True,
+    view: str = "plain",
 ) -> np.ndarray:
     """fp16 output of the frozen stages [0, stage) for every image: (N, C, 7, 7)."""
-    path = os.path.join(cache_dir, _key("images", paths, {"stage": stage, "size": IMAGE_SIZE}))
+    extra = {"stage": stage, "size": IMAGE_SIZE}
+    if view != "plain":
+        extra["view"] = view
+    path = os.path.join(cache_dir, _key("images", paths, extra))
     if os.path.isfile(path):
         return np.load(path)
     from tqdm import tqdm
@@ -51,11 +80,12 @@ def image_features(
     with torch.inference_mode():
         for start in tqdm(
             range(0, len(paths), batch_size),
-            desc="image features",
+            desc=f"image features ({view})",
             unit="batch",
             disable=not progress,
         ):
-            pixels = torch.stack([load_pixels(p) for p in paths[start : start + batch_size]])
+            batch = paths[start : start + batch_size]
+            pixels = torch.stack([load_pixels(p, view) for p in batch])
             x = normalize_pixels(pixels).contiguous(memory_format=torch.channels_last)
             chunks.append(tower.forward_until(x, stage).half().contiguous().numpy())
     feats = np.concatenate(chunks)

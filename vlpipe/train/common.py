@@ -43,6 +43,7 @@ class TrainOptions:
     max_train_images: int | None = None  # quick experiments on a subset
     threads: int = 2
     crop: float = 0.0  # share of embedding batches trained on random crops of the feature map
+    lowres: float = 0.0  # share of embedding images drawn from the small-photo view
     bf16: bool = True  # bf16 autocast for training steps (about 2x faster on recent CPUs)
 
 
@@ -53,6 +54,7 @@ class Features:
     text_image: torch.Tensor  # (M,) owner image of each caption
     first_caption: torch.Tensor  # (N,) index of each image's first caption
     n_captions: torch.Tensor  # (N,)
+    grid_low: torch.Tensor | None = None  # like grid_in, of the small-photo view (cache.degrade)
 
 
 def autocast(opts: TrainOptions):

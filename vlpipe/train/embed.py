@@ -74,6 +74,9 @@ def fit_embedding(
         for b in bar:
             images = perm[b * opts.embed_batch : (b + 1) * opts.embed_batch]
             x = feats.grid_in[images].float()
+            if feats.grid_low is not None and opts.lowres:
+                low = torch.rand(len(images)) < opts.lowres
+                x[low] = feats.grid_low[images[low]].float()
             x = augment(x, opts.crop)
             pick = (torch.rand(len(images)) * feats.n_captions[images]).long()
             text = feats.text[feats.first_caption[images] + pick].float()

@@ -68,7 +68,7 @@ def train(
     tail = {k: v for k, v in tower.tail(opts.tail_stage).state_dict().items()}
     tail = {_tower_key(tower, k): v for k, v in tail.items()}
     save_model(output, config, tail, heads, decoder)
-    metrics = evaluate(output, corpus, dev_idx, feats, opts, log)
+    metrics = evaluate(output, corpus, dev_idx, feats, opts, log, select_idx=holdout_idx)
     metrics["train_seconds"] = round(time.time() - t0)
     metrics["history"] = history
     record_metrics(output, metrics)
@@ -97,6 +97,10 @@ def _features(corpus: Corpus, cache_dir: str, opts: TrainOptions) -> Features:
         owner += [i] * len(caps)
     counts = torch.tensor([len(c) for c in corpus.captions])
     grid_in = cache.image_features(corpus.paths, cache_dir, opts.tail_stage)
+    grid_low = None
+    if opts.lowres:
+        low = cache.image_features(corpus.paths, cache_dir, opts.tail_stage, view="lowres")
+        grid_low = torch.from_numpy(low)
     text = cache.text_features(texts, cache_dir)
     return Features(
         grid_in=torch.from_numpy(grid_in),
@@ -104,6 +108,7 @@ def _features(corpus: Corpus, cache_dir: str, opts: TrainOptions) -> Features:
         text_image=torch.tensor(owner),
         first_caption=torch.cumsum(counts, 0) - counts,
         n_captions=counts,
+        grid_low=grid_low,
     )
 
 
