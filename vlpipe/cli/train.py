@@ -48,6 +48,13 @@ import click
     "or keep the tower frozen.",
 )
 @click.option(
+    "--tower",
+    type=click.Choice(["lite0", "lite1"]),
+    default="lite0",
+    show_default=True,
+    help="ImageNet image tower: EfficientNet-Lite0 (224 px) or the deeper Lite1 (240 px).",
+)
+@click.option(
     "--tail-stage",
     type=click.IntRange(0, 7),
     default=6,
@@ -69,6 +76,27 @@ import click
     show_default=True,
     help="Share of embedding training images seen as a small photo would come: scaled to "
     "128-200 px on the short side, JPEG re-encoded, scaled back (a second cached view).",
+)
+@click.option(
+    "--all-captions",
+    is_flag=True,
+    help="Train the embedding on every caption of each batch image as a positive "
+    "(default: one caption drawn per image per step).",
+)
+@click.option(
+    "--hard-negatives",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of embedding batches built from groups of images whose captions are alike "
+    "(mined once from the training captions).",
+)
+@click.option(
+    "--captions-per-image",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Captions of each image the captioner trains on per epoch.",
 )
 @click.option(
     "--dim", type=click.IntRange(8), default=256, show_default=True, help="Joint embedding size."
@@ -96,9 +124,13 @@ def command(
     caption_epochs,
     seed,
     unfreeze_last_stage,
+    tower,
     tail_stage,
     crop,
     lowres,
+    all_captions,
+    hard_negatives,
+    captions_per_image,
     dim,
     beams,
     max_train_images,
@@ -118,9 +150,13 @@ def command(
     opts = TrainOptions(
         seed=seed,
         unfreeze=unfreeze_last_stage,
+        tower=tower,
         tail_stage=tail_stage,
         crop=crop,
         lowres=lowres,
+        all_captions=all_captions,
+        hard_negatives=hard_negatives,
+        captions_per_image=captions_per_image,
         dim=dim,
         beams=beam_list,
         max_train_images=max_train_images,

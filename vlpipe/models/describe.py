@@ -69,7 +69,7 @@ def _mini_dir(name: str) -> str | None:
 
 def _describe_mini(path: str) -> tuple[dict, str, int]:
     """The same describe() and fingerprint() a loaded MiniModel gives."""
-    from vlpipe.models.mini import CONFIG_NAME, WEIGHTS_NAME, weights_fingerprint
+    from vlpipe.models.mini import CONFIG_NAME, WEIGHTS_NAME, tower_entry, weights_fingerprint
 
     weights = os.path.join(path, WEIGHTS_NAME)
     if not os.path.isfile(weights):
@@ -85,5 +85,6 @@ def _describe_mini(path: str) -> tuple[dict, str, int]:
         "num_beams": int(config.get("num_beams", 1)),
         "tail_stage": config.get("tail_stage"),
         "weights_sha256": fingerprint.rsplit("-", 1)[-1],
+        **tower_entry(config),
     }
     return described, fingerprint, dim

@@ -10,9 +10,12 @@ import os
 import numpy as np
 import torch
 
-from vlpipe.models.mini.efficientnet import EfficientNetLite0, fuse_batchnorm, normalize_pixels
-
-IMAGE_SIZE = 224
+from vlpipe.models.mini.efficientnet import (
+    TOWERS,
+    EfficientNetLite,
+    fuse_batchnorm,
+    normalize_pixels,
+)
 
 
 def _key(kind: str, items: list[str], extra: dict) -> str:
@@ -26,8 +29,8 @@ def _save(path: str, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def load_pixels(path: str, view: str = "plain") -> torch.Tensor:
-    """One image file to uint8 CHW at 224x224, the same preprocessing MiniModel uses; the
+def load_pixels(path: str, view: str = "plain", side: int = 224) -> torch.Tensor:
+    """One image file to uint8 CHW at side x side, the same preprocessing MiniModel uses; the
     "lowres" view first makes it a small photo (`degrade`)."""
     from PIL import Image
 
@@ -35,7 +38,7 @@ def load_pixels(path: str, view: str = "plain") -> torch.Tensor:
 
     with Image.open(path) as img:
         img = img.convert("RGB")
-        return preprocess_image(degrade(img, path) if view == "lowres" else img)
+        return preprocess_image(degrade(img, path) if view == "lowres" else img, side)
 
 
 def degrade(img, key: str):
@@ -64,18 +67,23 @@ def image_features(
     batch_size: int = 64,
     progress: bool = True,
     view: str = "plain",
+    tower: str = "lite0",
 ) -> np.ndarray:
-    """fp16 output of the frozen stages [0, stage) for every image: (N, C, 7, 7)."""
-    extra = {"stage": stage, "size": IMAGE_SIZE}
+    """fp16 output of the frozen stages [0, stage) of `tower` for every image: (N, C, H, H)."""
+    side = TOWERS[tower]["image_size"]
+    extra = {"stage": stage, "size": side}
     if view != "plain":
         extra["view"] = view
+    if tower != "lite0":  # Lite0's keys as they were, so existing caches stay valid
+        extra["tower"] = tower
     path = os.path.join(cache_dir, _key("images", paths, extra))
     if os.path.isfile(path):
         return np.load(path)
     from tqdm import tqdm
 
     # frozen stages only: BatchNorm folded into the convs gives the same features, faster
-    tower = fuse_batchnorm(EfficientNetLite0.pretrained()).to(memory_format=torch.channels_last)
+    model = fuse_batchnorm(EfficientNetLite.pretrained(tower))
+    model = model.to(memory_format=torch.channels_last)
     chunks = []
     with torch.inference_mode():
         for start in tqdm(
@@ -85,9 +93,9 @@ def image_features(
             disable=not progress,
         ):
             batch = paths[start : start + batch_size]
-            pixels = torch.stack([load_pixels(p, view) for p in batch])
+            pixels = torch.stack([load_pixels(p, view, side) for p in batch])
             x = normalize_pixels(pixels).contiguous(memory_format=torch.channels_last)
-            chunks.append(tower.forward_until(x, stage).half().contiguous().numpy())
+            chunks.append(model.forward_until(x, stage).half().contiguous().numpy())
     feats = np.concatenate(chunks)
     os.makedirs(cache_dir, exist_ok=True)
     _save(path, feats)

@@ -13,15 +13,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from vlpipe.models.mini.efficientnet import EfficientNetLite0
+from vlpipe.models.mini.efficientnet import EfficientNetLite
 from vlpipe.models.mini.fusion import PAD, CaptionDecoder, Vocab
 from vlpipe.train.common import TrainOptions, autocast, cosine
 from vlpipe.train.data import Corpus
 
 
 @torch.no_grad()
-def tower_grids(tower: EfficientNetLite0, stage: int, grid_in: torch.Tensor) -> torch.Tensor:
-    """The adapted tower's (N, 1280, 7, 7) grid for every image, fp16."""
+def tower_grids(tower: EfficientNetLite, stage: int, grid_in: torch.Tensor) -> torch.Tensor:
+    """The adapted tower's (N, 1280, H, H) grid for every image, fp16."""
     tower.eval()
     return torch.cat(
         [

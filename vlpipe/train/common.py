@@ -15,6 +15,7 @@ import torch
 @dataclass
 class TrainOptions:
     seed: int = 0
+    tower: str = "lite0"  # image tower (efficientnet.TOWERS)
     tail_stage: int = 6  # first trainable tower stage; len(STAGES) = only the frozen head conv
     unfreeze: bool = True
     dim: int = 256
@@ -44,12 +45,14 @@ class TrainOptions:
     threads: int = 2
     crop: float = 0.0  # share of embedding batches trained on random crops of the feature map
     lowres: float = 0.0  # share of embedding images drawn from the small-photo view
+    all_captions: bool = False  # every caption of a batch image is a positive, not one drawn
+    hard_negatives: float = 0.0  # share of embedding batches made of caption neighbours
     bf16: bool = True  # bf16 autocast for training steps (about 2x faster on recent CPUs)
 
 
 @dataclass
 class Features:
-    grid_in: torch.Tensor  # (N, C, 7, 7) fp16, the frozen stages' output
+    grid_in: torch.Tensor  # (N, C, H, H) fp16, the frozen stages' output
     text: torch.Tensor  # (M, 384) fp16
     text_image: torch.Tensor  # (M,) owner image of each caption
     first_caption: torch.Tensor  # (N,) index of each image's first caption

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from vlpipe.eval.metrics import retrieval_recalls
-from vlpipe.models.mini.efficientnet import EfficientNetLite0
+from vlpipe.models.mini.efficientnet import EfficientNetLite
 from vlpipe.models.mini.fusion import JointHeads
 from vlpipe.train.common import Features, TrainOptions, autocast, cosine, fmt
 
 
-def _tail_params(tower: EfficientNetLite0, stage: int) -> list[torch.nn.Parameter]:
+def _tail_params(tower: EfficientNetLite, stage: int) -> list[torch.nn.Parameter]:
     return [p for p in tower.tail(stage).parameters()]
 
 
@@ -38,8 +38,73 @@ def augment(x: torch.Tensor, crop: float) -> torch.Tensor:
     return x
 
 
+def caption_neighbours(feats: Features, images: torch.Tensor, k: int = 16) -> torch.Tensor:
+    """For each of `images`, the k others whose captions mean the most alike (cosine of the mean
+    MiniLM caption embedding): (len(images), k) rows into `images`. Mined once, for hard
+    negatives (two photos of dogs on grass in one batch teach more than a dog and a kitchen)."""
+    rows = [
+        feats.text[int(feats.first_caption[i]) : int(feats.first_caption[i] + feats.n_captions[i])]
+        .float()
+        .mean(0)
+        for i in images
+    ]
+    emb = torch.nn.functional.normalize(torch.stack(rows), dim=1)
+    out = []
+    for s in range(0, len(emb), 1024):
+        sims = emb[s : s + 1024] @ emb.T
+        sims[torch.arange(len(sims)), torch.arange(s, s + len(sims))] = -2  # not itself
+        out.append(sims.topk(k, dim=1).indices)
+    return torch.cat(out)
+
+
+def epoch_batches(
+    images: torch.Tensor, batch: int, hard: float, neighbours: torch.Tensor | None, group: int = 8
+) -> list[torch.Tensor]:
+    """One epoch of image batches: a random permutation cut in batches; a `hard` share of them
+    is rebuilt as groups of `group` caption neighbours (a seed from the batch and its nearest),
+    with no image twice in a batch (it would be its own negative)."""
+    perm = torch.randperm(len(images))
+    batches = [perm[s : s + batch] for s in range(0, len(perm) - batch + 1, batch)] or [perm]
+    if not hard or neighbours is None:
+        return [images[b] for b in batches]
+    out = []
+    for rows in batches:
+        if random.random() < hard:
+            rows = _grouped(rows, neighbours, group)
+        out.append(images[rows])
+    return out
+
+
+def _grouped(seeds: torch.Tensor, neighbours: torch.Tensor, group: int) -> torch.Tensor:
+    picked: dict[int, None] = {}
+    for seed in seeds.tolist():
+        if len(picked) >= len(seeds):
+            break
+        near = neighbours[seed][torch.randperm(neighbours.shape[1])[: group - 1]].tolist()
+        for r in [seed, *near]:
+            picked.setdefault(r, None)
+    return torch.tensor(list(picked)[: len(seeds)])
+
+
+def text_batch(
+    feats: Features, images: torch.Tensor, all_captions: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MiniLM features of one random caption per image (owner None: row i is image i), or of
+    all the images' captions with the batch row each belongs to."""
+    if not all_captions:
+        pick = (torch.rand(len(images)) * feats.n_captions[images]).long()
+        return feats.text[feats.first_caption[images] + pick].float(), None
+    counts = feats.n_captions[images]
+    owner = torch.repeat_interleave(torch.arange(len(images)), counts)
+    starts = torch.repeat_interleave(feats.first_caption[images], counts)
+    offset = torch.arange(len(owner)) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts
+    )
+    return feats.text[starts + offset].float(), owner
+
+
 def fit_embedding(
-    tower: EfficientNetLite0,
+    tower: EfficientNetLite,
     feats: Features,
     train_idx: list[int],
     holdout_idx: list[int],
@@ -62,27 +127,24 @@ def fit_embedding(
     train_t = torch.tensor(train_idx)
     steps_per_epoch = max(1, len(train_idx) // opts.embed_batch)
     total = steps_per_epoch * opts.embed_epochs
+    neighbours = caption_neighbours(feats, train_t) if opts.hard_negatives else None
     best, best_state, bad, step = None, None, 0, 0
     for epoch in range(opts.embed_epochs):
         heads.train()
         losses = []
         tower.eval()  # BatchNorm keeps its ImageNet statistics; the weights still train
-        perm = train_t[torch.randperm(len(train_t))]
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"embed {epoch + 1}/{opts.embed_epochs}", leave=False
-        )
-        for b in bar:
-            images = perm[b * opts.embed_batch : (b + 1) * opts.embed_batch]
+        batches = epoch_batches(train_t, opts.embed_batch, opts.hard_negatives, neighbours)
+        bar = tqdm(batches, desc=f"embed {epoch + 1}/{opts.embed_epochs}", leave=False)
+        for images in bar:
             x = feats.grid_in[images].float()
             if feats.grid_low is not None and opts.lowres:
                 low = torch.rand(len(images)) < opts.lowres
                 x[low] = feats.grid_low[images[low]].float()
             x = augment(x, opts.crop)
-            pick = (torch.rand(len(images)) * feats.n_captions[images]).long()
-            text = feats.text[feats.first_caption[images] + pick].float()
+            text, owner = text_batch(feats, images, opts.all_captions)
             with autocast(opts):
                 grid = tower.forward_from(x, opts.tail_stage)
-                loss = heads.loss(heads.embed_grid(grid), heads.text(text))
+                loss = heads.loss(heads.embed_grid(grid), heads.text(text), owner)
             for g, lr in zip(optim.param_groups, base_lrs, strict=True):
                 g["lr"] = lr * cosine(step, total, steps_per_epoch)
             optim.zero_grad()
@@ -113,7 +175,7 @@ def fit_embedding(
 
 @torch.no_grad()
 def recall_on(
-    tower: EfficientNetLite0, heads: JointHeads, feats: Features, idx: list[int], stage: int
+    tower: EfficientNetLite, heads: JointHeads, feats: Features, idx: list[int], stage: int
 ) -> dict:
     """Text-to-image and image-to-text recall among the images `idx` (all their captions)."""
     heads.eval()

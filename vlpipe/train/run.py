@@ -24,7 +24,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from vlpipe.models.mini.efficientnet import STAGES, EfficientNetLite0
+from vlpipe.models.mini.efficientnet import STAGES, EfficientNetLite
 from vlpipe.models.mini.fusion import Vocab
 from vlpipe.models.mini.model import save_model
 from vlpipe.train import cache
@@ -52,7 +52,7 @@ def train(
     feats = _features(corpus, cache_dir or os.path.join(output, "cache"), opts)
     log(f"features cached in {time.time() - t0:.0f} s")
 
-    tower = EfficientNetLite0.pretrained()
+    tower = EfficientNetLite.pretrained(opts.tower)
     t1 = time.time()
     history: dict[str, list[float]] = {"embed_loss": [], "caption_loss": []}
     heads, best = fit_embedding(tower, feats, train_idx, holdout_idx, opts, log, history)
@@ -96,10 +96,12 @@ def _features(corpus: Corpus, cache_dir: str, opts: TrainOptions) -> Features:
         texts += caps
         owner += [i] * len(caps)
     counts = torch.tensor([len(c) for c in corpus.captions])
-    grid_in = cache.image_features(corpus.paths, cache_dir, opts.tail_stage)
+    grid_in = cache.image_features(corpus.paths, cache_dir, opts.tail_stage, tower=opts.tower)
     grid_low = None
     if opts.lowres:
-        low = cache.image_features(corpus.paths, cache_dir, opts.tail_stage, view="lowres")
+        low = cache.image_features(
+            corpus.paths, cache_dir, opts.tail_stage, view="lowres", tower=opts.tower
+        )
         grid_low = torch.from_numpy(low)
     text = cache.text_features(texts, cache_dir)
     return Features(
@@ -112,7 +114,7 @@ def _features(corpus: Corpus, cache_dir: str, opts: TrainOptions) -> Features:
     )
 
 
-def _tower_key(tower: EfficientNetLite0, key: str) -> str:
+def _tower_key(tower: EfficientNetLite, key: str) -> str:
     """ModuleDict keys of `tower.tail()` back to the tower's own parameter names."""
     head, _, rest = key.partition(".")
     return f"_blocks.{head}.{rest}" if head.isdigit() else key
@@ -121,6 +123,7 @@ def _tower_key(tower: EfficientNetLite0, key: str) -> str:
 def _config(opts: TrainOptions, vocab: Vocab) -> dict:
     return {
         "dim": opts.dim,
+        "tower": opts.tower,
         "tail_stage": opts.tail_stage,
         "num_beams": max(opts.beams),
         "heads": {"hidden": opts.hidden, "dropout": opts.head_dropout},

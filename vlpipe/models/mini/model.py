@@ -24,31 +24,34 @@ from vlpipe.models.mini import (
     WEIGHTS_NAME,
     load_weights,
     quantize,
+    tower_entry,
     weights_fingerprint,
 )
 from vlpipe.models.mini.efficientnet import (
     FEATURE_DIM,
-    EfficientNetLite0,
+    TOWERS,
+    EfficientNetLite,
+    check_tower,
     fuse_batchnorm,
     normalize_pixels,
 )
 from vlpipe.models.mini.fusion import CaptionDecoder, JointHeads, Vocab
 
-IMAGE_SIZE = 224
+IMAGE_SIZE = 224  # Lite0's; a model's own is `MiniModel.image_size`
 FORMAT_VERSION = 2  # 2: int8 weight matrices with per-row scales; 1: all fp16
 READABLE_FORMATS = (1, 2)
 
 
-def preprocess_image(image: Image.Image) -> torch.Tensor:
-    """RGB image to uint8 CHW 224x224, resized without keeping the aspect ratio (as the
+def preprocess_image(image: Image.Image, side: int = IMAGE_SIZE) -> torch.Tensor:
+    """RGB image to uint8 CHW side x side, resized without keeping the aspect ratio (as the
     Flickr8k training images were). torch's antialiased bicubic on uint8 is Pillow's filter,
     SIMD-vectorised: 1.7x faster than `Image.resize` here (bench/decode.py)."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-    if image.size == (IMAGE_SIZE, IMAGE_SIZE):
+    if image.size == (side, side):
         return pixels.contiguous()
-    size = (IMAGE_SIZE, IMAGE_SIZE)
+    size = (side, side)
     return F.interpolate(pixels[None], size=size, mode="bicubic", antialias=True)[0].contiguous()
 
 
@@ -97,6 +100,8 @@ class MiniModel(CaptionEmbedder):
 
     def __init__(self, path: str, config: dict, state: dict, device: torch.device, dtype):
         self.path, self.config, self.device, self.dtype = path, config, device, dtype
+        self.tower_name = check_tower(config.get("tower", "lite0"))
+        self.image_size = TOWERS[self.tower_name]["image_size"]
         self.dim = int(config["dim"])
         self.num_beams = int(config.get("num_beams", 1))
         self.vocab = Vocab(config["vocab"])
@@ -107,7 +112,7 @@ class MiniModel(CaptionEmbedder):
         self.heads.to(device, dtype).eval()
         self.decoder.to(device, dtype).eval()
         self._fingerprint = weights_fingerprint(os.path.join(path, WEIGHTS_NAME), self.dim)
-        self._tower: EfficientNetLite0 | None = None
+        self._tower: EfficientNetLite | None = None
         self._text = None
 
     @classmethod
@@ -125,9 +130,9 @@ class MiniModel(CaptionEmbedder):
         return cls(path, config, state, dev, dtype)
 
     # -- towers, loaded on first use
-    def tower(self) -> EfficientNetLite0:
+    def tower(self) -> EfficientNetLite:
         if self._tower is None:
-            tower = EfficientNetLite0.pretrained()
+            tower = EfficientNetLite.pretrained(self.tower_name)
             merged = tower.state_dict()
             missing = [k for k in self._tower_state if k not in merged]
             if missing:
@@ -148,10 +153,11 @@ class MiniModel(CaptionEmbedder):
 
     # -- the interface
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return preprocess_image(image)
+        return preprocess_image(image, self.image_size)
 
     def grid(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 NCHW to the (N, 1280, 7, 7) grid both heads read: the one image-tower pass."""
+        """uint8 NCHW to the (N, 1280, 7, 7) grid (8x8 for Lite1) both heads read: the one
+        image-tower pass."""
         x = normalize_pixels(pixels.to(self.device)).to(self.dtype)
         with torch.inference_mode():
             return self.tower().grid(x.contiguous(memory_format=torch.channels_last))
@@ -193,6 +199,7 @@ class MiniModel(CaptionEmbedder):
             "num_beams": self.num_beams,
             "tail_stage": self.config.get("tail_stage"),
             "weights_sha256": self._fingerprint.rsplit("-", 1)[-1],
+            **tower_entry(self.config),
         }
 
 
