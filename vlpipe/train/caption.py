@@ -67,6 +67,7 @@ def fit_captioner(
         opts.ff,
         opts.decoder_dropout,
         opts.max_len,
+        grids.shape[2] * grids.shape[3] + 1,
     )
     table, of_image = _token_table(corpus, vocab, opts.max_len)
     optim = torch.optim.AdamW(

@@ -64,7 +64,7 @@ def train(
     decoder = fit_captioner(grids, corpus, vocab, train_idx, holdout_idx, opts, log, history)
     log(f"captioner trained in {time.time() - t2:.0f} s (vocabulary {len(vocab)})")
 
-    config = _config(opts, vocab)
+    config = _config(opts, vocab, decoder.memory_pos.shape[0])
     tail = {k: v for k, v in tower.tail(opts.tail_stage).state_dict().items()}
     tail = {_tower_key(tower, k): v for k, v in tail.items()}
     save_model(output, config, tail, heads, decoder)
@@ -120,7 +120,7 @@ def _tower_key(tower: EfficientNetLite, key: str) -> str:
     return f"_blocks.{head}.{rest}" if head.isdigit() else key
 
 
-def _config(opts: TrainOptions, vocab: Vocab) -> dict:
+def _config(opts: TrainOptions, vocab: Vocab, cells: int) -> dict:
     return {
         "dim": opts.dim,
         "tower": opts.tower,
@@ -134,6 +134,7 @@ def _config(opts: TrainOptions, vocab: Vocab) -> dict:
             "ff": opts.ff,
             "dropout": opts.decoder_dropout,
             "max_len": opts.max_len,
+            "cells": cells,
         },
         "vocab": vocab.words,
         "train_options": asdict(opts),

@@ -112,11 +112,13 @@ class CaptionDecoder(nn.Module):
         ff: int = 1024,
         dropout: float = 0.3,
         max_len: int = 32,
+        cells: int = 50,
     ):
+        """`cells`: memory positions, the grid's cells plus their mean (7x7 + 1 for Lite0)."""
         super().__init__()
         self.max_len = max_len
         self.memory_proj = nn.Sequential(nn.Linear(grid_dim, d_model), nn.LayerNorm(d_model))
-        self.memory_pos = nn.Parameter(torch.zeros(50, d_model))
+        self.memory_pos = nn.Parameter(torch.zeros(cells, d_model))
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=PAD)
         self.pos = nn.Parameter(torch.zeros(max_len, d_model))
         layer = nn.TransformerDecoderLayer(
@@ -130,7 +132,7 @@ class CaptionDecoder(nn.Module):
         nn.init.normal_(self.memory_pos, std=0.02)
 
     def memory(self, grid: torch.Tensor) -> torch.Tensor:
-        cells = grid.flatten(2).transpose(1, 2)  # (N, 49, C)
+        cells = grid.flatten(2).transpose(1, 2)  # (N, H*W, C)
         cells = torch.cat([cells.mean(1, keepdim=True), cells], 1)
         return self.memory_proj(cells) + self.memory_pos[: cells.shape[1]]
 

@@ -68,6 +68,7 @@ def build_parts(config: dict) -> tuple[JointHeads, CaptionDecoder]:
         d["ff"],
         d["dropout"],
         d["max_len"],
+        d.get("cells", 50),
     )
     return heads, decoder
 
