@@ -77,3 +77,11 @@ def test_hard_batches_group_alike_images_without_repeats():
         assert len(b) == 64 and len(set(b.tolist())) == 64
     # random batches: about 1/16 of pairs share a topic; groups of 8 neighbours: about 3x that
     assert same_topic_share(plain) < 0.1 and same_topic_share(hard) > 0.14
+
+
+def test_a_corpus_smaller_than_k_still_batches():
+    feats = _features(3, [2, 2, 2])
+    near = caption_neighbours(feats, torch.arange(3), k=16)
+    assert near.shape == (3, 2)
+    batches = epoch_batches(torch.arange(3), 3, 1.0, near)
+    assert [sorted(b.tolist()) for b in batches] == [[0, 1, 2]]

@@ -219,3 +219,33 @@ def test_lowres_view_is_cached_beside_the_plain_one(flickr, tmp_path):
         assert small.size == im.size  # scaled back: the model sees the same frame, less detail
         again = degrade(im.convert("RGB"), str(photo))
     assert np.array_equal(np.asarray(small), np.asarray(again))  # the same view every time
+
+
+def test_a_lite2_model_trains_and_runs_in_the_pipeline(flickr, tmp_path):
+    """--tower lite2 with every caption a positive and hard-negative batches: the model records
+    its tower and 9x9(+1) memory cells, preprocesses at 260 px, and `vlpipe run` writes a row
+    per image with it; the driver's description (config files only) is the loaded model's."""
+    import pyarrow.parquet as pq
+
+    from vlpipe.models.describe import describe_embedder
+
+    data = _small_corpus(flickr, tmp_path / "data", 12, 3)
+    out = tmp_path / "model"
+    argv = ["train", "--data", str(data), "--output", str(out), "--epochs", "1",
+            "--tower", "lite2", "--tail-stage", "5", "--all-captions", "--hard-negatives", "1",
+            "--captions-per-image", "2", "--beams", "1", "--json"]  # fmt: skip
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / CONFIG_NAME).read_text())
+    assert config["tower"] == "lite2" and config["decoder"]["cells"] == 9 * 9 + 1
+    model = registry.load_embedder(str(out))
+    assert model.describe() == describe_embedder(str(out))["config"]
+    assert model.describe()["tower"] == "lite2"
+    assert model.preprocess(Image.open(next(data.glob("images/*")))).shape == (3, 260, 260)
+    run_out = tmp_path / "run"
+    argv = ["run", str(data / "images"), "--output", str(run_out), "--captioner", str(out),
+            "--embedder", str(out), "--no-index"]  # fmt: skip
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(run_out / "parts").to_pylist()
+    assert len(rows) == 15 and all(r["caption"] and len(r["embedding"]) == 256 for r in rows)

@@ -49,6 +49,7 @@ def caption_neighbours(feats: Features, images: torch.Tensor, k: int = 16) -> to
         for i in images
     ]
     emb = torch.nn.functional.normalize(torch.stack(rows), dim=1)
+    k = min(k, len(images) - 1)  # a small corpus has fewer others than k
     out = []
     for s in range(0, len(emb), 1024):
         sims = emb[s : s + 1024] @ emb.T
@@ -65,7 +66,7 @@ def epoch_batches(
     with no image twice in a batch (it would be its own negative)."""
     perm = torch.randperm(len(images))
     batches = [perm[s : s + batch] for s in range(0, len(perm) - batch + 1, batch)] or [perm]
-    if not hard or neighbours is None:
+    if not hard or neighbours is None or neighbours.shape[1] == 0:
         return [images[b] for b in batches]
     out = []
     for rows in batches:
