@@ -36,6 +36,7 @@ BENCHMARKS = {
     "dedup_quality": ("bench.dedup_quality", False),
     "dedup_scale": ("bench.dedup_scale", False),
     "mini_lowres": ("bench.mini_lowres", True),
+    "mini_speed": ("bench.mini_speed", True),
 }
 
 

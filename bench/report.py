@@ -33,6 +33,7 @@ RENDERERS = {
     "dedup_quality": "bench.dedup_quality",
     "dedup_scale": "bench.dedup_scale",
     "mini_lowres": "bench.mini_lowres",
+    "mini_speed": "bench.mini_speed",
 }
 
 
