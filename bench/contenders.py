@@ -155,7 +155,9 @@ class ImageFiles(torch.utils.data.Dataset):
 
 def run_dataloader(uris: list[str], _manifest: str, model_name: str, out: Path, args) -> dict:
     model = load_model(model_name)
-    dataset = ImageFiles(uris, model.preprocess, args.contender.endswith("vlpipe-decode"), 224)
+    dataset = ImageFiles(
+        uris, model.preprocess, args.contender.endswith("vlpipe-decode"), model.image_size
+    )
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, num_workers=args.workers, shuffle=False
     )

@@ -42,7 +42,8 @@ def memories(model, paths, batch: int) -> list[torch.Tensor]:
     """The decoder's memory for batches of corpus images, through vlpipe's own decode path."""
     from vlpipe.transforms.decode import decode_image
 
-    pixels = [model.preprocess(decode_image(p.read_bytes(), 224).image) for p in paths]
+    size = model.image_size
+    pixels = [model.preprocess(decode_image(p.read_bytes(), size).image) for p in paths]
     out = []
     with torch.inference_mode():
         for i in range(0, len(pixels), batch):

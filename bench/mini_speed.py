@@ -14,6 +14,7 @@ inference, write), so model load and interpreter start are outside it.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -44,7 +45,7 @@ def images_per_second(model: str, manifest: str) -> float:
         [sys.executable, "-m", "vlpipe", "run", manifest, "--output", str(out),
          "--captioner", model, "--embedder", model, "--no-index", "--no-progress"],
         cwd=REPO, capture_output=True, text=True, check=True,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     match = RATE.search(proc.stdout)
     if not match:
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (FLICKR / "splits.csv").exists():
         print(f"skipped: no Flickr8k copy at {FLICKR}")
         return 0
+    report = Report(NAME, f"vlpipe-mini throughput: {args.model} vs {args.baseline}")
     manifest = photos(args.images)
     rates: dict[str, list[float]] = {args.model: [], args.baseline: []}
     for r in range(args.rounds):
@@ -69,9 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         for model in order:
             rates[model].append(images_per_second(model, manifest))
             print(f"round {r + 1}: {model} {rates[model][-1]:.1f} images/s")
-    report = Report(NAME, f"vlpipe-mini throughput: {args.model} vs {args.baseline}")
     cand, base = (statistics.median(rates[m]) for m in (args.model, args.baseline))
-    report.add(Figure("vlpipe run, captions + embeddings, 1 intra-op thread (images/s)", cand,
+    report.add(Figure("vlpipe run, captions + embeddings, 1 intra-op thread", cand,
                       base, args.baseline, "images/s",
                       note=f"issue 17: at least 10 images/s (candidate {cand:.1f})"))  # fmt: skip
     report.details = {"images": args.images, "rates": rates}

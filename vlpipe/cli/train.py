@@ -106,7 +106,8 @@ import click
     "--beams",
     default="1,3",
     show_default=True,
-    help="Beam widths to evaluate on dev; the best CIDEr becomes the default.",
+    help="Beam widths to try; the best CIDEr on the held-out train images becomes the default"
+    " (dev is reported for each).",
 )
 @click.option(
     "--max-train-images",
