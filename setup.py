@@ -46,7 +46,7 @@ setup(
         "pycocoevalcap>=1.2",
     ],
     extras_require={
-        # playwright drives the system's chromium (apt) in the serve browser test; no browser download
+        # playwright drives the system chromium (apt) in the serve browser test; no download
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",

@@ -30,11 +30,16 @@ def cluster():
     """Closed in the safe order: our client, then the cluster (the runner closes its own)."""
     from dask.distributed import Client, LocalCluster
 
-    with LocalCluster(
+    cluster = LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster:
-        with Client(cluster) as client:
-            yield cluster, client
+    )
+    client = Client(cluster)
+    yield cluster, client
+    client.close()
+    try:
+        cluster.close(timeout=60)
+    except TimeoutError:  # a nanny missed its 5 s kill deadline on a loaded machine (seen in CI
+        pass  # under load); the tests' assertions are already made, the processes are daemonic
 
 
 def count_worker_calls() -> None:
