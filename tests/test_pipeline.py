@@ -234,7 +234,7 @@ def test_model_failure_fails_only_that_batch(tiny, corpus, tmp_path):
     models = Models(AlwaysFails(real.captioner), real.embedder)
     summary = process_shard(work, models, runner, ShardOptions(str(tmp_path / "q"), dim=dim))
     assert summary["written"] == 0 and summary["failed"] == len(records)
-    assert summary["reasons"] == {"model:model-error": len(records)}
+    assert summary["reasons"] == {"infer:model-error": len(records)}
 
 
 def test_run_inference_with_vlpipe_handler_matches_the_pipeline(tiny, corpus, dir_run):

@@ -12,7 +12,7 @@ SCHEMA_VERSION = 2  # 2: orig_width, orig_height, bytes, format, phash, sha256, 
 STAGE_READ = "read"
 STAGE_FILTER = "filter"  # skipped on purpose (--min-size, --max-aspect, --max-pixels)
 STAGE_DECODE = "decode"
-STAGE_MODEL = "model"
+STAGE_INFER = "infer"  # the model raised on this image alone (batches are halved first)
 STAGE_INPUT = "input"
 
 

@@ -55,6 +55,25 @@ from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
     "--output-format", type=click.Choice(["parquet", "webdataset"]), default="parquet",
     show_default=True, help="webdataset: also write tar shards (image, .txt, .json, .npy).",
 )  # fmt: skip
+@click.option(
+    "--prompt", default=None,
+    help="What a prompted captioner is asked per image [default: the family's own, e.g."
+    " 'Describe this image in one sentence.'].",
+)  # fmt: skip
+@click.option(
+    "--ask", "asks", multiple=True, metavar="NAME=QUESTION",
+    help="Also ask every image QUESTION; the answer goes to string column NAME (repeatable).",
+)  # fmt: skip
+@click.option(
+    "--max-image-pixels", type=int, default=None,
+    help="Prompted captioners: scale images down to at most this many pixels (bounds a"
+    " dynamic-resolution model's image tokens) [default: the processor's own bound].",
+)  # fmt: skip
+@click.option(
+    "--candidates", type=int, default=1, show_default=True,
+    help="Generate N captions per image (beam search) and keep the one the embedder scores"
+    " highest against the image (column caption_score); costs about N times the captioning.",
+)  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in --output.")
 @click.option("--retry-failed", is_flag=True, help="Process again the inputs that failed before.")
 @click.option(
@@ -68,6 +87,7 @@ from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
 def command(ctx: click.Context, source: str, output: str, **kw) -> None:
     """Caption and embed every image of SOURCE: a directory, glob, fsspec URL, manifest
     (.parquet/.csv/.jsonl) or WebDataset tar shards ('shards/{00000..00009}.tar')."""
+    from vlpipe.models.prompting import Prompting, parse_asks
     from vlpipe.pipeline.options import RunConfig
     from vlpipe.pipeline.run import run
 
@@ -97,6 +117,9 @@ def command(ctx: click.Context, source: str, output: str, **kw) -> None:
         build_index=not kw["no_index"],
         progress=not kw["no_progress"],
         beam_args=list(ctx.args),
+        prompting=Prompting(
+            kw["prompt"], parse_asks(kw["asks"]), kw["max_image_pixels"], kw["candidates"]
+        ),
     )
     summary = run(config, echo=click.echo)
     for line in summary.lines():

@@ -63,6 +63,14 @@ class Captioner(ABC):
     def caption(self, pixels: torch.Tensor, max_tokens: int = 30) -> list[str]:
         """A batch of preprocessed images to one caption each."""
 
+    def collate(self, items: list) -> torch.Tensor:
+        """`preprocess` outputs to the batch `caption` takes (a prompted model takes a list)."""
+        return torch.stack(items)
+
+    def candidates(self, pixels, n: int, max_tokens: int = 30) -> list[list[str]]:
+        """n captions per image, for re-ranking (`--candidates`)."""
+        raise VlpipeError(f"{self.name} cannot generate caption candidates")
+
     @abstractmethod
     def describe(self) -> dict:
         """JSON-able name and config, recorded in the run's manifest."""

@@ -11,35 +11,50 @@ import json
 import os
 
 from vlpipe.errors import VlpipeError
+from vlpipe.models.prompting import Prompting, settings_fingerprint, takes_no_prompt
 from vlpipe.models.registry import NONE
 
 
-def describe_models(captioner: str, embedder: str) -> dict:
+def describe_models(captioner: str, embedder: str, prompting: Prompting | None = None) -> dict:
     """{"captioner": {name, config}, "embedder": {name, config, fingerprint, dim}}; "none"
-    (that half of the work is not done) describes as config None, dim 0."""
+    (that half of the work is not done) describes as config None, dim 0. `prompting` (prompt,
+    --ask questions, --candidates) is checked against the captioner here, before any work."""
     if captioner == NONE and embedder == NONE:
         raise VlpipeError("--captioner none and --embedder none leave nothing to do: keep one")
+    prompting = prompting or Prompting()
+    if prompting.candidates > 1 and embedder == NONE:
+        raise VlpipeError("--candidates needs an embedder to score them: drop --embedder none")
     return {
-        "captioner": {"name": captioner, "config": describe_captioner(captioner)},
+        "captioner": {"name": captioner, "config": describe_captioner(captioner, prompting)},
         "embedder": {"name": embedder, **describe_embedder(embedder)},
     }
 
 
-def describe_captioner(name: str) -> dict | None:
+def describe_captioner(name: str, prompting: Prompting | None = None) -> dict | None:
+    prompting = prompting or Prompting()
     if name == NONE:
+        if prompting.given:
+            raise VlpipeError("--prompt, --ask and --candidates need a captioner, not 'none'")
         return None
     mini = _mini_dir(name)
     if mini:
+        if prompting.given:
+            raise takes_no_prompt(name, "vlpipe-mini")
         return _describe_mini(mini)[0]
-    from vlpipe.models.hf import CAPTIONERS
-    from vlpipe.models.hf_load import load_config, unsupported
+    from vlpipe.models.hf import captioner_kind
+    from vlpipe.models.hf_load import load_config
     from vlpipe.models.hf_pixels import pixel_recipe
 
-    location, config = load_config(name)
-    if config.model_type not in CAPTIONERS:
-        raise unsupported(name, config.model_type, "captioner", CAPTIONERS)
+    location, config = load_config(name)  # config.json only: no weights at planning
+    family = config.model_type
+    if captioner_kind(name, family, prompting) == "prompted":
+        settings = prompting.describe(family)
+        fingerprint = settings_fingerprint(family, name, prompting, {"decoding": "greedy"})
+        return {"family": family, "name_or_path": name, "kind": "prompted", **settings,
+                "decoding": "greedy", "fingerprint": fingerprint}  # fmt: skip
     recipe = pixel_recipe(name, location)
-    return {"family": config.model_type, "name_or_path": name, "image_size": recipe.image_size}
+    described = {"family": family, "name_or_path": name, "image_size": recipe.image_size}
+    return described | ({"candidates": prompting.candidates} if prompting.candidates > 1 else {})
 
 
 def describe_embedder(name: str) -> dict:

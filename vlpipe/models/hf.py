@@ -34,6 +34,7 @@ from vlpipe.models.hf_load import place as _place
 from vlpipe.models.hf_load import unsupported as _unsupported
 from vlpipe.models.hf_pixels import PixelRecipe
 from vlpipe.models.hf_pixels import pixel_recipe as _pixel_recipe
+from vlpipe.models.prompting import Prompting, takes_no_prompt
 
 __all__ = [
     "CAPTIONERS",
@@ -126,6 +127,22 @@ class HFCaptioner(Captioner):
             texts = self.tokenizer.batch_decode(ids.cpu(), skip_special_tokens=True)
         return [t.strip() for t in texts]
 
+    def candidates(self, pixels: torch.Tensor, n: int, max_tokens: int | None = None):
+        """n captions per image: the n best beams of a width-n beam search."""
+        with torch.inference_mode():
+            ids = self.model.generate(
+                pixel_values=self.recipe.normalize(pixels, self.device, self.dtype),
+                do_sample=False,
+                num_beams=max(n, self.num_beams),
+                num_return_sequences=n,
+                max_new_tokens=max_tokens or self.max_tokens,
+            )
+        with self._tokenizer_lock:
+            texts = [
+                t.strip() for t in self.tokenizer.batch_decode(ids.cpu(), skip_special_tokens=True)
+            ]
+        return [texts[i * n : (i + 1) * n] for i in range(len(pixels))]
+
     def describe(self) -> dict:
         return {
             "family": self.model.config.model_type,
@@ -143,15 +160,21 @@ def load_hf_captioner(
     precision: str = "auto",
     num_beams: int = 1,
     max_tokens: int = 30,
+    prompting: Prompting | None = None,
 ) -> Captioner:
-    """A BLIP, GIT or VisionEncoderDecoder captioner from a hub id or a local directory."""
+    """A BLIP, GIT or VisionEncoderDecoder captioner, or a prompted vision-language model
+    (vlpipe.models.prompted), from a hub id or a local directory."""
     import transformers
 
     if num_beams < 1:
         raise VlpipeError(f"num_beams must be at least 1, got {num_beams}")
     location, config = _load_config(name_or_path)
-    if config.model_type not in CAPTIONERS:
-        raise _unsupported(name_or_path, config.model_type, "captioner", CAPTIONERS)
+    if captioner_kind(name_or_path, config.model_type, prompting) == "prompted":
+        from vlpipe.models.prompted import load_prompted_captioner
+
+        return load_prompted_captioner(
+            name_or_path, location, device, precision, prompting, max_tokens
+        )
     torch_device = resolve_device(device)
     dtype = resolve_dtype(torch_device, precision)
     recipe = _pixel_recipe(name_or_path, location)
@@ -164,6 +187,26 @@ def load_hf_captioner(
         model.generation_config.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
     return HFCaptioner(
         name_or_path, model, tokenizer, recipe, torch_device, dtype, num_beams, max_tokens
+    )
+
+
+def captioner_kind(name: str, model_type: str, prompting: Prompting | None = None) -> str:
+    """ "classic" (BLIP, GIT, VisionEncoderDecoder: no prompt) or "prompted" (any other
+    AutoModelForImageTextToText family), from the config's model_type alone; one-line errors for
+    an unsupported family and for a prompt or question to a classic captioner."""
+    from vlpipe.models.prompted import prompted_families
+
+    if model_type in CAPTIONERS:
+        if prompting is not None and (prompting.prompt is not None or prompting.asks):
+            raise takes_no_prompt(name, model_type, "--prompt and --ask")
+        return "classic"
+    if model_type in prompted_families(set(CAPTIONERS)):
+        return "prompted"
+    raise ModelLoadError(
+        f"cannot load model {name!r}: its model_type {model_type!r} is not a supported "
+        f"captioner (vlpipe supports {', '.join(sorted(CAPTIONERS))}, and any "
+        "AutoModelForImageTextToText model: llava, qwen2_vl, idefics3, paligemma, ...); "
+        "pick another model or 'mini'"
     )
 
 

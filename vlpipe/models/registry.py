@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # base imports torch, which text search on CPU does without
     from vlpipe.models.base import Captioner, Embedder
+    from vlpipe.models.prompting import Prompting
 
 BUILTIN = "mini"
 
@@ -22,14 +23,26 @@ def _is_mini(name: str) -> bool:
     return name == BUILTIN or (os.path.isdir(name) and is_mini_dir(name))
 
 
-def load_captioner(name: str, device: str = "auto", precision: str = "auto") -> Captioner:
+def load_captioner(
+    name: str,
+    device: str = "auto",
+    precision: str = "auto",
+    prompting: Prompting | None = None,
+    max_tokens: int = 30,
+) -> Captioner:
+    """`prompting` (a prompt, questions, candidates) is for prompted captioners only."""
     if _is_mini(name):
         from vlpipe.models.mini import load_mini
+        from vlpipe.models.prompting import takes_no_prompt
 
+        if prompting is not None and prompting.given:
+            raise takes_no_prompt(name, "vlpipe-mini")
         return load_mini(None if name == BUILTIN else name, device=device, precision=precision)
     from vlpipe.models.hf import load_hf_captioner
 
-    return load_hf_captioner(name, device=device, precision=precision)
+    return load_hf_captioner(
+        name, device=device, precision=precision, max_tokens=max_tokens, prompting=prompting
+    )
 
 
 def load_embedder(name: str, device: str = "auto", precision: str = "auto") -> Embedder:
@@ -57,12 +70,16 @@ NONE = "none"  # `--captioner none` / `--embedder none`: that half of the work i
 
 
 def load_models(
-    captioner: str, embedder: str, device: str = "auto", precision: str = "auto"
+    captioner: str,
+    embedder: str,
+    device: str = "auto",
+    precision: str = "auto",
+    prompting: Prompting | None = None,
 ) -> tuple[Captioner | None, Embedder | None]:
     """Both models (None for "none"); one shared object when both are the same fused model."""
     from vlpipe.models.base import Embedder
 
-    cap = None if captioner == NONE else load_captioner(captioner, device, precision)
+    cap = None if captioner == NONE else load_captioner(captioner, device, precision, prompting)
     if embedder == captioner and isinstance(cap, Embedder):
         return cap, cap
     emb = None if embedder == NONE else load_embedder(embedder, device, precision)

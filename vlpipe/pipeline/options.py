@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from vlpipe.errors import VlpipeError
+from vlpipe.models.prompting import Prompting
 from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, Filters
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
@@ -40,12 +41,18 @@ class RunConfig:
     build_index: bool = True
     progress: bool = True
     beam_args: list[str] = field(default_factory=list)
+    prompting: Prompting = field(default_factory=Prompting)  # --prompt, --ask, --candidates
 
     def validate(self) -> None:
         checks = [
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (1 <= self.min_batch_size <= self.batch_size, "--min-batch-size must be 1..batch size"),
             (self.max_caption_tokens >= 1, "--max-caption-tokens must be at least 1"),
+            (self.prompting.candidates >= 1, "--candidates must be at least 1"),
+            (
+                (self.prompting.max_image_pixels or 1) >= 1,
+                "--max-image-pixels must be at least 1",
+            ),
             (self.decode_threads >= 1, "--decode-threads must be at least 1"),
             (self.shard_size >= 1, "--shard-size must be at least 1"),
             (self.workers >= 1, "--workers must be at least 1"),
@@ -88,6 +95,7 @@ class RunConfig:
             "embedder": self.embedder,
             "max_caption_tokens": self.max_caption_tokens,
             "embedding_dtype": "float16" if self.float16 else "float32",
+            **self.prompting.key(),  # only what differs from the defaults: older runs match
         }
 
 

@@ -48,9 +48,11 @@ def check_output(run: RunDir, model_config: dict, overwrite: bool) -> None:
         clear(run)
     elif manifest is not None and manifest.get("config") != model_config:
         old = manifest.get("config", {})
+        differs = sorted(k for k in {*old, *model_config} if old.get(k) != model_config.get(k))
         raise VlpipeError(
             f"{run.path} holds a run with a different model config "
-            f"(captioner {old.get('captioner')!r}, embedder {old.get('embedder')!r}); "
+            f"(captioner {old.get('captioner')!r}, embedder {old.get('embedder')!r}; "
+            f"differs in {', '.join(differs)}); "
             "choose another --output or pass --overwrite to replace it"
         )
     elif manifest is None and has_rows:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from vlpipe import __version__
 from vlpipe.errors import VlpipeError
 from vlpipe.models.describe import describe_models
+from vlpipe.models.prompting import check_columns, model_fields
 from vlpipe.pipeline.options import RunConfig, make_pipeline
 from vlpipe.pipeline.progress import ProgressMonitor
 from vlpipe.pipeline.resume import LAYOUT_VERSION, Resume, check_output
@@ -25,7 +26,7 @@ from vlpipe.reading.plan import plan
 from vlpipe.reading.records import save_page
 from vlpipe.reading.specs import KIND_PAGE, ShardSpec
 from vlpipe.rundir import PLAN, PROGRESS, SUCCESS, RunDir, write_atomic
-from vlpipe.schema import SCHEMA_VERSION
+from vlpipe.schema import RESERVED_COLUMNS, SCHEMA_VERSION
 from vlpipe.transforms.handlers import VlpipeModelHandler
 from vlpipe.transforms.shard import ProcessShard, ShardOptions, ShardWork
 
@@ -37,7 +38,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     config.validate()
     started = time.time()
     run_dir = RunDir(config.output)
-    models = describe_models(config.captioner, config.embedder)  # config files only
+    models = describe_models(config.captioner, config.embedder, config.prompting)  # configs only
+    check_columns(config.prompting, RESERVED_COLUMNS)
     check_output(run_dir, config.model_config(), config.overwrite)
     forget_cached_listings(config.source)
     # The manifest goes first, _SUCCESS goes: a kill at any later point leaves a resumable run.
@@ -132,6 +134,7 @@ def make_handler(config: RunConfig) -> VlpipeModelHandler:
         max_caption_tokens=config.max_caption_tokens,
         min_batch_size=config.min_batch_size,
         max_batch_size=config.batch_size,
+        prompting=config.prompting,
     )
 
 
@@ -151,6 +154,7 @@ def run_shards(
         config.columns,
         config.thumbnail_px,
         config.output_format,
+        model_fields(config.prompting),
     )
     counts = [w.spec.count for w in todo]
     total = sum(counts) if None not in counts else None

@@ -21,8 +21,10 @@ import torch
 from apache_beam.ml.inference.base import ModelHandler
 
 from vlpipe.models.base import CaptionEmbedder, Captioner, Embedder
+from vlpipe.models.prompting import Prompting
 from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, Filters, decode_image
 from vlpipe.transforms.fingerprints import phash, sha256
+from vlpipe.transforms.prompted import captions_and_columns
 from vlpipe.transforms.thumbnails import make_thumbnail
 
 
@@ -69,6 +71,7 @@ class ImageResult:
     caption: str | None
     embedding: np.ndarray | None  # (dim,) float32, L2-normalised
     text_score: float | None
+    columns: dict | None = None  # --ask answers, --candidates' caption_score
 
 
 def prepare_image(
@@ -113,8 +116,10 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
         max_caption_tokens: int = 30,
         min_batch_size: int = 1,
         max_batch_size: int = 32,
+        prompting: Prompting | None = None,
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self.prompting = prompting or Prompting()
         self.captioner_name = captioner
         self.embedder_name = embedder
         self.device = device
@@ -132,7 +137,8 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
 
     def load_model(self) -> Models:
         """Once per process: every DoFn instance, thread and bundle shares the loaded models."""
-        key = (self.captioner_name, self.embedder_name, self.device, self.precision)
+        key = (self.captioner_name, self.embedder_name, self.device, self.precision,
+               self.prompting)  # fmt: skip
         with _LOAD_LOCK:
             if key not in _LOADED:
                 from vlpipe.models.registry import load_models
@@ -146,31 +152,36 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
         model: Models,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[ImageResult]:
-        captions, embeddings = self._caption_and_embed(batch, model)
+        captions, embeddings, columns = self._caption_and_embed(batch, model)
         if model.embedder is None:
             embeddings, scores = [None] * len(batch), [None] * len(batch)
         else:
             scores = _text_scores(batch, embeddings, model.embedder)
         return [
-            ImageResult(p.image_id, c, e, s)
-            for p, c, e, s in zip(batch, captions, embeddings, scores, strict=True)
+            ImageResult(p.image_id, c, e, s, x or None)
+            for p, c, e, s, x in zip(batch, captions, embeddings, scores, columns, strict=True)
         ]
 
     def _caption_and_embed(
         self, batch: Sequence[PreparedImage], model: Models
-    ) -> tuple[list[str | None], np.ndarray | None]:
+    ) -> tuple[list[str | None], np.ndarray | None, list[dict]]:
         """One image-tower pass for a fused model; only the model a run asked for runs."""
+        columns: list[dict] = [{} for _ in batch]
         if model.fused:
             pixels = torch.stack([p.caption_pixels for p in batch])
-            return model.captioner.caption_and_embed(pixels, self.max_caption_tokens)
+            return (*model.captioner.caption_and_embed(pixels, self.max_caption_tokens), columns)
         captions: list[str | None] = [None] * len(batch)
         embeddings = None
-        if model.captioner is not None:
-            pixels = torch.stack([p.caption_pixels for p in batch])
-            captions = model.captioner.caption(pixels, self.max_caption_tokens)
         if model.embedder is not None:
             embeddings = model.embedder.embed_images(torch.stack([p.embed_pixels for p in batch]))
-        return captions, embeddings
+        if model.captioner is not None:
+            collate = getattr(model.captioner, "collate", torch.stack)  # a duck-typed one stacks
+            pixels = collate([p.caption_pixels for p in batch])
+            captions, columns = captions_and_columns(
+                model.captioner, pixels, self.prompting, self.max_caption_tokens,
+                model.embedder, embeddings,
+            )  # fmt: skip
+        return captions, embeddings, columns
 
     def get_metrics_namespace(self) -> str:
         return "vlpipe"

@@ -28,7 +28,7 @@ import apache_beam as beam
 from vlpipe.reading.records import spec_records
 from vlpipe.reading.specs import Record, ShardSpec
 from vlpipe.rundir import FAILED, PARTS, PROGRESS, WDS, RunDir
-from vlpipe.schema import STAGE_MODEL
+from vlpipe.schema import STAGE_INFER
 from vlpipe.transforms.decode import Filters
 from vlpipe.transforms.devices import worker_device
 from vlpipe.transforms.handlers import Models, PreparedImage, VlpipeModelHandler
@@ -56,6 +56,7 @@ class ShardOptions:
     columns: tuple[str, ...] | None = None  # the source columns to keep (None: all)
     thumbnail_px: int = 0  # store a JPEG thumbnail this size per row; 0: none
     output_format: str = "parquet"  # or "webdataset": tar shards beside the parts
+    model_fields: tuple = ()  # pa.Fields of the columns the models add (--ask, --candidates)
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ class _Parts:
             for (prepared, _), row in zip(done, rows, strict=True):
                 self._wds_writer().add(row, prepared.raw)
         self.failures.extend(
-            failure_row(p.image_id, by_id[p.image_id].uri, STAGE_MODEL, "model-error", err)
+            failure_row(p.image_id, by_id[p.image_id].uri, STAGE_INFER, "model-error", err)
             for p, err in failed
         )
         self.batch.clear()
@@ -209,8 +210,12 @@ class _Parts:
             self.run,
             name,
             results_table(
-                self.results, opts.dim, opts.float16, bool(opts.thumbnail_px), self.extra_fields
-            ),
+                self.results,
+                opts.dim,
+                opts.float16,
+                bool(opts.thumbnail_px),
+                [*(self.extra_fields or []), *opts.model_fields],
+            ),  # fmt: skip
             failures_table(self.failures),
         )
         for sub in (PARTS, FAILED):
@@ -258,6 +263,8 @@ def result_row(
     extra = record.extra
     if extra and columns is not None:
         extra = {k: v for k, v in extra.items() if k in columns}
+    if getattr(result, "columns", None):  # the models' own columns come after the source's
+        extra = {**(extra or {}), **result.columns}
     return {
         "image_id": record.image_id,
         "uri": record.uri,
@@ -281,25 +288,32 @@ def result_row(
 def infer_with_retry(
     batch: list[PreparedImage], models: Models, handler: VlpipeModelHandler
 ) -> tuple[list, list[tuple[PreparedImage, str]]]:
-    """A batch that raises is retried once as two halves; a half that raises again fails."""
+    """A batch that raises (out of memory, or one image the model cannot take) is retried in
+    halves, and those halves in halves, down to single images: only an image that fails alone
+    becomes a failure row."""
     try:
         return _infer(batch, models, handler), []
     except Exception as exc:  # noqa: BLE001 - any model failure must fail rows, not the run
-        log.warning("batch of %d failed (%s); retrying at half size", len(batch), exc)
         _free_accelerator_memory()
+        if len(batch) == 1:
+            return [], [(batch[0], f"{type(exc).__name__}: {exc}")]
+        half = len(batch) // 2
+        log.warning(
+            "batch of %d failed (%s); retrying as batches of %d and %d",
+            len(batch), _first_line(exc), half, len(batch) - half,
+        )  # fmt: skip
     done: list = []
     failed: list = []
-    half = max(1, len(batch) // 2)
     for chunk in (batch[:half], batch[half:]):
-        if not chunk:
-            continue
-        try:
-            done.extend(_infer(chunk, models, handler))
-        except Exception as exc:  # noqa: BLE001
-            reason = f"{type(exc).__name__}: {exc}"
-            failed.extend((p, reason) for p in chunk)
-            _free_accelerator_memory()
+        ok, bad = infer_with_retry(chunk, models, handler)
+        done.extend(ok)
+        failed.extend(bad)
     return done, failed
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
 def _infer(batch, models, handler):

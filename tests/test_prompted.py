@@ -1,0 +1,298 @@
+"""Prompted captioners (LLaVA, Qwen2-VL, Idefics3 / SmolVLM, PaliGemma) on tiny random models
+built offline: parity with a plain `model.generate`, `vlpipe run` with --prompt / --ask /
+--candidates, and the one-line refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from tests import hf_tiny_prompted
+from tests.hf_tiny import build_tiny_blip, build_tiny_clip
+from tests.pipeline_helpers import image_bytes
+from vlpipe.cli import main
+from vlpipe.errors import VlpipeError
+from vlpipe.models.prompted import PromptedCaptioner
+from vlpipe.models.prompting import Prompting
+from vlpipe.models.registry import load_captioner, load_embedder
+from vlpipe.pipeline.options import RunConfig
+from vlpipe.pipeline.run import run
+from vlpipe.rundir import RunDir
+
+FAMILIES = hf_tiny_prompted.FAMILIES
+
+
+@pytest.fixture(scope="session")
+def dirs(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("prompted")
+    out = {f: hf_tiny_prompted.build(f, root / f) for f in FAMILIES}
+    out["clip"] = build_tiny_clip(root / "clip")
+    out["blip"] = build_tiny_blip(root / "blip")
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """Five small images of different sizes and a broken file."""
+    root = tmp_path_factory.mktemp("corpus")
+    for i, size in enumerate([(50, 40), (30, 45), (56, 56), (40, 40), (44, 30)]):
+        (root / f"img{i}.png").write_bytes(image_bytes(size, "PNG", i))
+    (root / "broken.jpg").write_bytes(b"not an image")
+    return root
+
+
+def small_images() -> list[Image.Image]:
+    """Under every tiny processor's pixel bound (so vlpipe's preprocess keeps them as they are)
+    and of different sizes (so Idefics3 tiles them differently and the batch is padded)."""
+    rng = np.random.default_rng(3)
+    shapes = [(40, 50), (56, 30), (32, 32)]
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+
+
+def plain_prompt(processor, family: str, prompt: str) -> str:
+    if family == "paligemma":  # no chat template: the processor inserts the image tokens
+        return prompt
+    turn = [{"type": "image"}, {"type": "text", "text": prompt}]
+    return processor.apply_chat_template(
+        [{"role": "user", "content": turn}], add_generation_prompt=True
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_caption_equals_plain_generate_token_for_token(family, dirs):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    cap = load_captioner(dirs[family], device="cpu")
+    assert isinstance(cap, PromptedCaptioner)
+    images = small_images()
+    pixels = cap.collate([cap.preprocess(im) for im in images])
+    ours = cap.generate_ids(pixels, [cap.prompt] * len(images), max_tokens=8)
+
+    processor = AutoProcessor.from_pretrained(dirs[family])
+    processor.tokenizer.padding_side = "left"
+    model = AutoModelForImageTextToText.from_pretrained(dirs[family]).eval()
+    text = plain_prompt(processor, family, cap.prompt)
+    inputs = processor(images=images, text=[text] * len(images), padding=True, return_tensors="pt")
+    inputs.pop("labels", None)
+    with torch.inference_mode():
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=8)
+    theirs = out[:, inputs["input_ids"].shape[1] :].tolist()
+    assert ours == theirs
+    assert len({tuple(t) for t in theirs}) > 1  # the images give different answers
+
+    captions = cap.caption(pixels, max_tokens=8)
+    expected = processor.tokenizer.batch_decode(theirs, skip_special_tokens=True)
+    assert captions == [t.strip() for t in expected]
+    specials = set(processor.tokenizer.all_special_tokens)
+    for caption in captions:
+        assert not specials & set(caption.split())
+        assert "assistant" not in caption.split()[:1] or family == "paligemma"
+
+
+def test_default_prompts_and_chat_templates(dirs):
+    llava = load_captioner(dirs["llava"], device="cpu")
+    assert llava.prompt == "Describe this image in one sentence."
+    assert llava.text_for("Is it red?") == "user : <image> Is it red? assistant : "
+    paligemma = load_captioner(dirs["paligemma"], device="cpu")
+    assert paligemma.prompt == "caption en" and paligemma.text_for("caption en") == "caption en"
+    asked = load_captioner(dirs["llava"], device="cpu", prompting=Prompting(prompt="Tags?"))
+    assert asked.prompt == "Tags?"
+
+
+def test_max_image_pixels_bounds_dynamic_resolution_tokens(dirs):
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 290, 3), np.uint8))
+    default = load_captioner(dirs["qwen2_vl"], device="cpu")
+    assert default.max_pixels == 56 * 56  # the processor's own max_pixels
+    image = default.preprocess(big)
+    assert image.size[0] * image.size[1] <= 56 * 56
+    assert default.inputs([image], ["hi"])["image_grid_thw"].tolist() == [[1, 4, 4]]
+
+    bound = 28 * 28 * 16
+    wider = load_captioner(
+        dirs["qwen2_vl"], device="cpu", prompting=Prompting(max_image_pixels=bound)
+    )
+    image = wider.preprocess(big)
+    assert image.size[0] * image.size[1] <= bound
+    assert wider.inputs([image], ["hi"])["image_grid_thw"].tolist() == [[1, 8, 8]]
+    assert wider.image_size == int(bound**0.5)  # decode drafts JPEGs down to this
+
+
+def read_rows(output) -> list[dict]:
+    run_dir = RunDir(str(output))
+    return [r for p in run_dir.parts() for r in pq.read_table(run_dir.fs.open(p)).to_pylist()]
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_run_with_questions_then_search(family, dirs, corpus, tmp_path):
+    out = tmp_path / "out"
+    result = cli(
+        "run", corpus, "-o", out, "--captioner", dirs[family], "--embedder", dirs["clip"],
+        "--ask", "has_text=Is there any text in this image?", "--ask", "count=How many?",
+        "--max-caption-tokens", "5", "--batch-size", "4", "--no-progress",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "seen 6: written 5, failed 1" in result.output
+    rows = read_rows(out)
+    assert len(rows) == 5
+    schema = pq.read_schema(RunDir(str(out)).fs.open(RunDir(str(out)).parts()[0]))
+    assert str(schema.field("has_text").type) == "string"
+    for row in rows:
+        assert isinstance(row["caption"], str) and isinstance(row["has_text"], str)
+        assert isinstance(row["count"], str)
+
+    # the answers are what the captioner answers for that image, alone
+    cap = load_captioner(dirs[family], device="cpu")
+    row = rows[0]
+    image = cap.preprocess(Image.open(row["uri"]).convert("RGB"))
+    alone = cap.answers([image], ["Is there any text in this image?"], max_tokens=5)[0][0]
+    assert alone == row["has_text"]
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    described = manifest["models"]["captioner"]["config"]
+    assert described["kind"] == "prompted" and described["prompt"] == cap.prompt
+    assert described["asks"] == {
+        "has_text": "Is there any text in this image?",
+        "count": "How many?",
+    }
+    assert manifest["config"]["asks"] == [["has_text", "Is there any text in this image?"],
+                                          ["count", "How many?"]]  # fmt: skip
+
+    answer = row["has_text"].replace("'", "''")
+    found = cli("search", "dog", "--index", out, "-k", "5", "--json",
+                "--where", f"has_text = '{answer}'", "--columns", "has_text")  # fmt: skip
+    assert found.exit_code == 0, found.output
+    hits = [json.loads(line) for line in found.output.splitlines()]
+    assert hits and all(h["columns"]["has_text"] == row["has_text"] for h in hits)
+    assert row["uri"] in {h["uri"] for h in hits}
+
+
+def test_each_image_is_preprocessed_once_however_many_questions(
+    dirs, corpus, tmp_path, monkeypatch
+):
+    calls: list[tuple[int, int]] = []
+    generates: list[int] = []
+    preprocess, generate_ids = PromptedCaptioner.preprocess, PromptedCaptioner.generate_ids
+
+    def counting_preprocess(self, image):
+        calls.append(image.size)
+        return preprocess(self, image)
+
+    def counting_generate(self, images, prompts, *args, **kw):
+        generates.append(len(prompts))
+        return generate_ids(self, images, prompts, *args, **kw)
+
+    monkeypatch.setattr(PromptedCaptioner, "preprocess", counting_preprocess)
+    monkeypatch.setattr(PromptedCaptioner, "generate_ids", counting_generate)
+    asks = (("a", "Is it red?"), ("b", "How many?"), ("c", "Is there text?"))
+    config = RunConfig(
+        source=str(corpus), output=str(tmp_path / "o"), captioner=dirs["llava"],
+        embedder=dirs["clip"], max_caption_tokens=3, batch_size=8, progress=False,
+        build_index=False, prompting=Prompting(asks=asks),
+    )  # fmt: skip
+    summary = run(config)
+    assert summary.written == 5
+    assert len(calls) == 5  # once per image, not once per (image, question)
+    assert generates == [5 * 4]  # one generate call: the caption and 3 answers of 5 images
+
+
+def test_rerun_with_another_prompt_is_refused_unless_overwrite(dirs, corpus, tmp_path):
+    out = tmp_path / "out"
+    base = ["run", corpus, "-o", out, "--captioner", dirs["llava"], "--embedder", "none",
+            "--max-caption-tokens", "3", "--no-progress"]  # fmt: skip
+    assert cli(*base, "--prompt", "What is it?").exit_code == 0
+    again = cli(*base, "--prompt", "What is it?")
+    assert again.exit_code == 0 and "0 to process" in again.output
+    other = cli(*base, "--prompt", "Name the colours.")
+    assert other.exit_code == 1
+    assert "differs in prompt" in other.output and len(other.output.strip().splitlines()) == 1
+    replaced = cli(*base, "--prompt", "Name the colours.", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["captioner"]["config"]["prompt"] == "Name the colours."
+
+
+def test_candidates_keep_the_embedders_best(dirs, corpus, tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", corpus, "-o", out, "--captioner", dirs["llava"], "--embedder",
+                 dirs["clip"], "--candidates", "3", "--max-caption-tokens", "4",
+                 "--no-progress", "--no-index")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out)
+    schema = pq.read_schema(RunDir(str(out)).fs.open(RunDir(str(out)).parts()[0]))
+    assert str(schema.field("caption_score").type) == "float"
+    cap = load_captioner(dirs["llava"], device="cpu")
+    emb = load_embedder(dirs["clip"], device="cpu")
+    picked_other_than_first = 0
+    for row in rows:
+        pil = Image.open(row["uri"]).convert("RGB")
+        options = cap.candidates([cap.preprocess(pil)], 3, max_tokens=4)[0]
+        image_vec = emb.embed_images(torch.stack([emb.preprocess(pil)]))[0]
+        sims = emb.embed_texts(options) @ image_vec
+        assert row["caption"] == options[int(np.argmax(sims))]
+        assert row["caption_score"] == pytest.approx(float(sims.max()), abs=1e-5)
+        picked_other_than_first += row["caption"] != options[0]
+    assert picked_other_than_first > 0  # the re-ranking changed some captions
+
+
+def test_an_image_the_model_cannot_take_fails_alone(dirs, tmp_path):
+    """Qwen2-VL refuses images with an aspect ratio over 200: that image becomes a failure row
+    with stage `infer`, after its batch was halved down to it; the others are written."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"ok{i}.png").write_bytes(image_bytes((40, 30 + 5 * i), "PNG", i))
+    (src / "strip.png").write_bytes(image_bytes((1200, 3), "PNG", 9))
+    config = RunConfig(
+        source=str(src), output=str(tmp_path / "o"), captioner=dirs["qwen2_vl"],
+        embedder="none", max_caption_tokens=3, batch_size=4, progress=False,
+        max_pixels=10**7,
+    )  # fmt: skip
+    summary = run(config)
+    assert summary.written == 3 and summary.failed == 1
+    run_dir = RunDir(str(tmp_path / "o"))
+    failed = pq.read_table(run_dir.fs.open(run_dir.failed_parts()[0])).to_pylist()
+    assert [(f["uri"].rsplit("/", 1)[-1], f["stage"]) for f in failed] == [("strip.png", "infer")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--captioner", "mini", "--prompt", "Hi"], "'mini' (vlpipe-mini) takes no prompt"),
+        (["--captioner", "mini", "--ask", "a=Why?"], "takes no prompt"),
+        (["--captioner", "BLIP", "--ask", "a=Why?"], "(blip) takes no prompt"),
+        (["--captioner", "LLAVA", "--ask", "caption=Why?"], "a column named 'caption'"),
+        (["--captioner", "LLAVA", "--ask", "a=x", "--ask", "a=y"], "--ask a is given twice"),
+        (["--captioner", "LLAVA", "--ask", "no question"], "expected NAME=QUESTION"),
+        (["--captioner", "CLIP"], "is not a supported captioner (vlpipe supports blip, git"),
+        (["--captioner", "LLAVA", "--candidates", "2", "--embedder", "none"], "needs an embedder"),
+    ],
+)
+def test_bad_prompted_options_are_one_line(args, message, dirs, corpus, tmp_path):
+    names = {"BLIP": dirs["blip"], "LLAVA": dirs["llava"], "CLIP": dirs["clip"]}
+    args = [names.get(a, a) for a in args]
+    result = cli("run", corpus, "-o", tmp_path / "o", "--no-progress", *args)
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o" / "parts").exists()
+
+
+def test_prompted_settings_parse():
+    from vlpipe.models.prompting import parse_asks
+
+    assert parse_asks(["has_text=Is there text? Answer yes=1 or no"]) == (
+        ("has_text", "Is there text? Answer yes=1 or no"),
+    )
+    with pytest.raises(VlpipeError):
+        parse_asks(["1bad=Why?"])

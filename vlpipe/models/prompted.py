@@ -1,0 +1,254 @@
+"""Prompted captioners: any vision-language model that transformers loads with
+`AutoModelForImageTextToText` + `AutoProcessor` (LLaVA, Qwen2-VL, SmolVLM / Idefics3, PaliGemma,
+BLIP-2, Florence-2, ...), asked a prompt per image, and extra questions (`--ask`) in the same pass.
+
+How a batch runs: `preprocess` (decode threads) only bounds the image's pixel count, so a huge
+photo cannot blow a batch of a dynamic-resolution model (Qwen2-VL turns every 28x28 pixels into a
+token); the model's own processor then builds the whole batch in one call, the prompt put through
+its chat template when it has one, the text left-padded, and one `generate` call (greedy unless
+beams are asked for) makes every answer of the batch. Only the new tokens are decoded, without
+special tokens, so no prompt text leaks into a caption. Calling the processor on the batch, rather
+than re-implementing each family's image tokens, is what makes vlpipe's output equal a plain
+`model.generate` on the processor's output, token for token (tests/test_prompted.py).
+
+Questions: every image of a batch is decoded and preprocessed once (`preprocess`, one PIL image
+per row); each (image, prompt) pair becomes one sequence of the same `generate` call, so the
+processor normalises that image once per prompt and the vision tower encodes it once per prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+from PIL import Image
+
+from vlpipe.errors import VlpipeError
+from vlpipe.models.base import Captioner, resolve_device, resolve_dtype
+from vlpipe.models.hf_load import from_pretrained, place, quiet
+from vlpipe.models.prompting import Prompting, settings_fingerprint
+
+#: processors that insert a model's image tokens themselves when the text has none
+SELF_INSERTING = frozenset({"paligemma", "blip-2", "instructblip", "florence2"})
+#: families checked here with tiny random models (tests/test_prompted.py)
+VERIFIED = ("llava", "qwen2_vl", "idefics3", "paligemma")
+#: shortest image side decode keeps when the processor says nothing usable
+FALLBACK_IMAGE_SIZE = 448
+
+
+def prompted_families(classic: set[str] | frozenset[str]) -> list[str]:
+    """Every model_type transformers maps to AutoModelForImageTextToText, less the classic
+    captioners vlpipe runs unprompted (BLIP, GIT, VisionEncoderDecoder)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return sorted(set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES) - set(classic))
+
+
+class PromptedCaptioner(Captioner):
+    """A prompt per image through the model's processor and one batched `generate`."""
+
+    takes_prompts = True
+
+    def __init__(
+        self,
+        name: str,
+        model,
+        processor,
+        device: torch.device,
+        dtype: torch.dtype,
+        prompting: Prompting,
+        max_tokens: int = 30,
+    ):
+        self.name, self.model, self.processor = name, model, processor
+        self.family = model.config.model_type
+        self.device, self.dtype = device, dtype
+        self.prompting, self.max_tokens = prompting, max_tokens
+        self.prompt = prompting.prompt_for(self.family)
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"  # decoder-only batches generate after the padding
+        self.max_pixels = bound_image_tokens(processor, prompting.max_image_pixels)
+        self.image_size = image_size(processor, self.max_pixels)
+        self._lock = threading.Lock()  # a Rust tokenizer is not re-entrant
+        config = model.generation_config
+        if config.pad_token_id is None:
+            pad = self.tokenizer.pad_token_id
+            config.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+
+    # --- the Captioner interface ------------------------------------------------------------------
+
+    def preprocess(self, image: Image.Image) -> Image.Image:
+        """The image as the processor will see it: RGB, scaled down to at most max_pixels."""
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        w, h = image.size
+        if self.max_pixels and w * h > self.max_pixels:
+            scale = math.sqrt(self.max_pixels / (w * h))
+            image = image.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.BICUBIC)
+        return image
+
+    def collate(self, items: list) -> list[Image.Image]:
+        """Images of different sizes cannot stack; the processor takes the list."""
+        return list(items)
+
+    def caption(self, pixels, max_tokens: int | None = None) -> list[str]:
+        return self.generate(list(pixels), [self.prompt] * len(pixels), max_tokens)
+
+    def answers(
+        self, images: list[Image.Image], prompts: list[str], max_tokens: int | None = None
+    ) -> list[list[str]]:
+        """For each image, one answer per prompt, all in one generate call: every image is
+        paired with every prompt, and was decoded and preprocessed once (`preprocess`)."""
+        pairs = [(im, p) for im in images for p in prompts]
+        texts = self.generate([im for im, _ in pairs], [p for _, p in pairs], max_tokens)
+        n = len(prompts)
+        return [texts[i * n : (i + 1) * n] for i in range(len(images))]
+
+    def candidates(self, pixels, n: int, max_tokens: int | None = None) -> list[list[str]]:
+        """n captions per image: the n best beams of a width-n beam search."""
+        images = list(pixels)
+        ids = self.generate_ids(images, [self.prompt] * len(images), max_tokens, beams=n)
+        texts = self._decode(ids)
+        return [texts[i * n : (i + 1) * n] for i in range(len(images))]
+
+    def generate(
+        self, images: list[Image.Image], prompts: list[str], max_tokens: int | None = None
+    ) -> list[str]:
+        """One text per (image, prompt) pair, greedy."""
+        return self._decode(self.generate_ids(images, prompts, max_tokens))
+
+    def generate_ids(
+        self,
+        images: list[Image.Image],
+        prompts: list[str],
+        max_tokens: int | None = None,
+        beams: int = 1,
+    ) -> list[list[int]]:
+        """The new token ids of each sequence (prompt and padding cut off); with beams > 1,
+        `beams` sequences per pair, best first."""
+        inputs = self.inputs(images, prompts)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                do_sample=False,
+                num_beams=beams,
+                num_return_sequences=beams,
+                max_new_tokens=max_tokens or self.max_tokens,
+            )
+        start = 0 if self.model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
+        return [row[start:].tolist() for row in out.cpu()]
+
+    def inputs(self, images: list[Image.Image], prompts: list[str]):
+        """The processor's batch for these pairs, on the model's device and dtype."""
+        texts = [self.text_for(p) for p in prompts]
+        with self._lock, quiet():
+            batch = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
+        batch.pop("labels", None)  # PaliGemma's processor adds them; generate needs none
+        return {
+            k: v.to(self.device, self.dtype if v.is_floating_point() else None)
+            for k, v in batch.items()
+        }
+
+    def text_for(self, prompt: str) -> str:
+        """The prompt through the chat template (one user turn: the image, then the text), or
+        as given with the image token first where the processor does not insert it."""
+        if getattr(self.processor, "chat_template", None):
+            turn = [{"type": "image"}, {"type": "text", "text": prompt}]
+            conversation = [{"role": "user", "content": turn}]
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        token = getattr(self.processor, "image_token", None)
+        if self.family in SELF_INSERTING or not token or token in prompt:
+            return prompt
+        return f"{token}\n{prompt}"
+
+    def _decode(self, ids: list[list[int]]) -> list[str]:
+        with self._lock:
+            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    def describe(self) -> dict:
+        return {
+            "family": self.family,
+            "name_or_path": self.name,
+            "kind": "prompted",
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "image_size": self.image_size,
+            "max_image_pixels": self.max_pixels,
+            **self.prompting.describe(self.family),
+            "decoding": "greedy",
+            "fingerprint": settings_fingerprint(
+                self.family, self.name, self.prompting, {"decoding": "greedy"}
+            ),
+        }
+
+
+def bound_image_tokens(processor, max_image_pixels: int | None) -> int | None:
+    """The pixel bound per image: the one asked for (also set on a dynamic-resolution
+    processor, so it makes no more image tokens than that many pixels give), else a dynamic
+    processor's own (Qwen2-VL's max_pixels); None for fixed-size processors left alone."""
+    image_processor = getattr(processor, "image_processor", None)
+    size = getattr(image_processor, "size", None)
+    dynamic = size is not None and is_dynamic(image_processor)
+    if max_image_pixels is None:
+        own = _field(size, "longest_edge") if dynamic else None
+        return int(own) if own else None
+    if dynamic:
+        _set_field(size, "longest_edge", max_image_pixels)
+        if (_field(size, "shortest_edge") or 0) > max_image_pixels:
+            _set_field(size, "shortest_edge", max_image_pixels)
+    return max_image_pixels
+
+
+def is_dynamic(image_processor) -> bool:
+    """Qwen2-VL-style processors resize to a pixel budget (size.longest_edge is max_pixels)."""
+    return hasattr(image_processor, "merge_size") and hasattr(
+        image_processor, "temporal_patch_size"
+    )
+
+
+def _field(size, key: str):
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def _set_field(size, key: str, value: int) -> None:
+    if isinstance(size, dict):
+        size[key] = value
+    else:
+        setattr(size, key, value)
+
+
+def image_size(processor, max_pixels: int | None) -> int:
+    """The shortest side decode must keep (it drafts JPEGs down to it)."""
+    if max_pixels:
+        return max(1, int(math.sqrt(max_pixels)))
+    size = getattr(getattr(processor, "image_processor", None), "size", None) or {}
+    for key in ("height", "shortest_edge", "longest_edge"):
+        if _field(size, key):
+            return int(_field(size, key))
+    return FALLBACK_IMAGE_SIZE
+
+
+def load_prompted_captioner(
+    name: str,
+    location: str,
+    device: str = "auto",
+    precision: str = "auto",
+    prompting: Prompting | None = None,
+    max_tokens: int = 30,
+) -> PromptedCaptioner:
+    """The processor and model of a checkpoint (hub id or directory), ready to generate."""
+    import transformers
+
+    prompting = prompting or Prompting()
+    if prompting.max_image_pixels is not None and prompting.max_image_pixels < 1:
+        raise VlpipeError("--max-image-pixels must be at least 1")
+    torch_device = resolve_device(device)
+    dtype = resolve_dtype(torch_device, precision)
+    processor = from_pretrained(name, transformers.AutoProcessor.from_pretrained, location)
+    if not hasattr(processor, "tokenizer"):
+        raise VlpipeError(
+            f"cannot load model {name!r}: its processor ({type(processor).__name__}) has no "
+            "tokenizer, so it cannot take a prompt"
+        )
+    loader = transformers.AutoModelForImageTextToText.from_pretrained
+    model = place(from_pretrained(name, loader, location), torch_device, dtype)
+    return PromptedCaptioner(name, model, processor, torch_device, dtype, prompting, max_tokens)
