@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from vlpipe.errors import VlpipeError
+from vlpipe.models.precision import resolve_precision
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -33,14 +34,15 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def resolve_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """fp16 on GPU and fp32 on CPU unless told otherwise (CPU half precision is slow)."""
+def resolve_dtype(
+    device: torch.device, precision: str = "auto", bf16_measured: bool = False
+) -> torch.dtype:
+    """The torch dtype for `precision` on `device` (see vlpipe.models.precision for `auto`).
+    A model family whose CPU bf16 speed and quality were measured says so (`bf16_measured`);
+    the others stay fp32 on CPU under auto."""
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if precision not in table:
-        raise VlpipeError(f"unknown precision {precision!r}: use auto, fp32, fp16 or bf16")
-    return table[precision]
+    chosen = resolve_precision(device.type, precision, bf16_measured=bf16_measured)
+    return table[chosen.name]
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -84,3 +84,9 @@ def load_models(
         return cap, cap
     emb = None if embedder == NONE else load_embedder(embedder, device, precision)
     return cap, emb
+
+
+def bf16_measured_on_cpu(name: str) -> bool:
+    """Whether `--precision auto` may pick bf16 on a CPU for this model: measured for vlpipe-mini
+    (docs/precision.md), not yet for hub models, which stay fp32 there."""
+    return name == NONE or _is_mini(name)

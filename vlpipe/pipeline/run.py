@@ -17,7 +17,9 @@ from collections.abc import Callable
 from vlpipe import __version__
 from vlpipe.errors import VlpipeError
 from vlpipe.models.describe import describe_models
+from vlpipe.models.precision import Precision, resolve_precision
 from vlpipe.models.prompting import check_columns, model_fields
+from vlpipe.models.registry import bf16_measured_on_cpu
 from vlpipe.pipeline.options import RunConfig, make_pipeline
 from vlpipe.pipeline.progress import ProgressMonitor
 from vlpipe.pipeline.resume import LAYOUT_VERSION, Resume, check_output
@@ -40,10 +42,11 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     run_dir = RunDir(config.output)
     models = describe_models(config.captioner, config.embedder, config.prompting)  # configs only
     check_columns(config.prompting, RESERVED_COLUMNS)
+    precision = driver_precision(config)
     check_output(run_dir, config.model_config(), config.overwrite)
     forget_cached_listings(config.source)
     # The manifest goes first, _SUCCESS goes: a kill at any later point leaves a resumable run.
-    run_dir.write_manifest(manifest(config, models, started, status="running"))
+    run_dir.write_manifest(manifest(config, models, started, "running", precision=precision))
     run_dir.remove(SUCCESS)
     resume = Resume.load(run_dir, config.retry_failed, config.filters())
     specs, todo = plan_work(config, run_dir, resume)
@@ -51,6 +54,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
         f"vlpipe {__version__}: {len(specs)} shards ({_inputs(specs)} inputs), {len(todo)} to"
         f" process; captioner {config.captioner}, embedder {config.embedder}"
         + ("" if all(config.mode().values()) else f" ({_mode_name(config)})")
+        + f"; precision {precision.describe()}"
     )
     timings = run_shards(config, run_dir, todo, models["embedder"]["dim"]) if todo else {}
     summary = count(run_dir, specs, {w.spec.key for w in todo}, time.time() - started)
@@ -58,7 +62,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     summary.corrupt_parts = resume.corrupt + summary.corrupt_parts
     if summary.seen == 0:
         raise VlpipeError(f"no images found in {config.source}")
-    run_dir.write_manifest(manifest(config, models, started, status="done", summary=summary))
+    run_dir.write_manifest(manifest(config, models, started, "done", summary, precision))
     if summary.ok:
         run_dir.remove(PLAN)
         run_dir.remove(PROGRESS)
@@ -123,6 +127,19 @@ def forget_cached_listings(source: str) -> None:
     except Exception:  # noqa: BLE001 - a bad source is plan's error to report
         return
     fs.invalidate_cache()
+
+
+def driver_precision(config: RunConfig) -> Precision:
+    """The precision `auto` resolves to on this machine, printed and recorded. Workers resolve
+    it again on their own hardware (the same answer on the in-process runners)."""
+    if config.device == "auto":
+        import torch
+
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device_type = config.device.split(":", 1)[0]
+    measured = all(bf16_measured_on_cpu(n) for n in (config.captioner, config.embedder))
+    return resolve_precision(device_type, config.precision, bf16_measured=measured)
 
 
 def make_handler(config: RunConfig) -> VlpipeModelHandler:
@@ -191,6 +208,7 @@ def manifest(
     started: float,
     status: str,
     summary: RunSummary | None = None,
+    precision: Precision | None = None,
 ) -> dict:
     def iso(t: float) -> str:
         return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
@@ -216,7 +234,9 @@ def manifest(
             "shard_size": config.shard_size,
             "max_caption_tokens": config.max_caption_tokens,
             "device": config.device,
-            "precision": config.precision,
+            "precision": precision.name if precision else config.precision,
+            "precision_requested": config.precision,
+            "precision_reason": precision.reason if precision else None,
             "workers": config.workers,
             "beam_args": config.beam_args,
         },

@@ -101,6 +101,10 @@ class MiniModel(CaptionEmbedder):
 
     def __init__(self, path: str, config: dict, state: dict, device: torch.device, dtype):
         self.path, self.config, self.device, self.dtype = path, config, device, dtype
+        # On CPU only the image tower's convolutions gain from bf16 (2-3x); the caption decoder's
+        # small matmuls run slower in it and the heads are tiny, so they stay fp32 there.
+        cpu_half = device.type == "cpu" and dtype != torch.float32
+        self.head_dtype = torch.float32 if cpu_half else dtype
         self.tower_name = check_tower(config.get("tower", "lite0"))
         self.image_size = TOWERS[self.tower_name]["image_size"]
         self.dim = int(config["dim"])
@@ -110,8 +114,8 @@ class MiniModel(CaptionEmbedder):
         self.heads, self.decoder = build_parts(config)
         self.heads.load_state_dict(_part(state, "heads."), strict=True)
         self.decoder.load_state_dict(_part(state, "decoder."), strict=True)
-        self.heads.to(device, dtype).eval()
-        self.decoder.to(device, dtype).eval()
+        self.heads.to(device, self.head_dtype).eval()
+        self.decoder.to(device, self.head_dtype).eval()
         self._fingerprint = weights_fingerprint(os.path.join(path, WEIGHTS_NAME), self.dim)
         self._tower: EfficientNetLite | None = None
         self._text = None
@@ -126,7 +130,7 @@ class MiniModel(CaptionEmbedder):
         if config.get("format_version") not in READABLE_FORMATS:
             raise VlpipeError(f"{cfg_path}: unsupported format {config.get('format_version')}")
         dev = resolve_device(device)
-        dtype = resolve_dtype(dev, precision)
+        dtype = resolve_dtype(dev, precision, bf16_measured=True)
         state = {k: torch.from_numpy(v) for k, v in load_weights(weights).items()}
         return cls(path, config, state, dev, dtype)
 
@@ -149,7 +153,7 @@ class MiniModel(CaptionEmbedder):
         if self._text is None:
             from vlpipe.models.mini.text import MiniLM
 
-            self._text = MiniLM(self.device, self.dtype)
+            self._text = MiniLM(self.device, self.head_dtype)
         return self._text
 
     # -- the interface
@@ -161,7 +165,8 @@ class MiniModel(CaptionEmbedder):
         image-tower pass."""
         x = normalize_pixels(pixels.to(self.device)).to(self.dtype)
         with torch.inference_mode():
-            return self.tower().grid(x.contiguous(memory_format=torch.channels_last))
+            grid = self.tower().grid(x.contiguous(memory_format=torch.channels_last))
+        return grid.to(self.head_dtype)
 
     def captions_from_grid(self, grid: torch.Tensor, max_tokens: int = 30) -> list[str]:
         with torch.inference_mode():
@@ -185,7 +190,7 @@ class MiniModel(CaptionEmbedder):
         return self.captions_from_grid(grid, max_tokens), self.embed_grid(grid)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        feats = self.text_tower().encode(list(texts)).to(self.device, self.dtype)
+        feats = self.text_tower().encode(list(texts)).to(self.device, self.head_dtype)
         with torch.inference_mode():
             return self.heads.text(feats).float().cpu().numpy()
 
