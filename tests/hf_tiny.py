@@ -192,7 +192,7 @@ def build_tiny_vision_encoder_decoder(path: str | Path) -> str:
     return _save(path, model, _bert_tokenizer(vocab), processor)
 
 
-# --- joint embedders (CLIP, SigLIP) ---------------------------------------------------------------
+# --- joint embedders (CLIP, SigLIP, SigLIP 2) -----------------------------------------------------
 
 _CLIP_BOS, _CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -254,6 +254,29 @@ def build_tiny_siglip(path: str | Path) -> str:
     model = _seeded(lambda: SiglipModel(config))
     processor = SiglipImageProcessor(size={"height": TINY_PX, "width": TINY_PX})
     return _save(path, model, tokenizer, processor)
+
+
+def build_tiny_siglip2(path: str | Path) -> str:
+    """SigLIP 2 NaFlex embedder: variable resolution (up to 256 patches of 16 px, the processor's
+    own defaults), text padded to max length with its attention mask, a Siglip2Processor."""
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor
+
+    vocab = _vocab({0: "<pad>", 1: "</s>", 2: "<unk>"})
+    tok = _word_level(vocab, "<unk>", template="$A </s>")
+    tokenizer = _fast_tokenizer(tok, 16, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    ids = dict(pad_token_id=vocab["<pad>"], eos_token_id=vocab["</s>"], bos_token_id=vocab["</s>"])
+    text = dict(_TOWER, vocab_size=len(vocab), max_position_embeddings=16, **ids)
+    vision = dict(_TOWER, patch_size=16, num_patches=256)
+    model = _seeded(lambda: Siglip2Model(Siglip2Config(text_config=text, vision_config=vision)))
+    processor = Siglip2Processor(
+        image_processor=Siglip2ImageProcessor(patch_size=16, max_num_patches=256),
+        tokenizer=tokenizer,
+    )
+    path = Path(path)
+    _save(path, model, tokenizer, processor.image_processor)
+    processor.save_pretrained(path)
+    return str(path)
 
 
 # --- full-size architectures with random weights (GPU benchmarks) ---------------------------------

@@ -22,7 +22,8 @@ from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
 )  # fmt: skip
 @click.option(
     "--embedder", default="mini", show_default=True,
-    help="mini, a model dir, a hub id, or none (captions only: no embeddings, no index).",
+    help="mini, a model dir, a hub id, open_clip:ARCH@TAG (or @/path/to/checkpoint.pt, "
+    "open_clip:hf-hub:ORG/NAME), or none (captions only: no embeddings, no index).",
 )  # fmt: skip
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--min-batch-size", type=int, default=1, show_default=True)

@@ -12,7 +12,7 @@ import os
 
 from vlpipe.errors import VlpipeError
 from vlpipe.models.prompting import Prompting, settings_fingerprint, takes_no_prompt
-from vlpipe.models.registry import NONE
+from vlpipe.models.registry import NONE, OPEN_CLIP, refuse_open_clip_captioner
 
 
 def describe_models(captioner: str, embedder: str, prompting: Prompting | None = None) -> dict:
@@ -36,6 +36,7 @@ def describe_captioner(name: str, prompting: Prompting | None = None) -> dict | 
         if prompting.given:
             raise VlpipeError("--prompt, --ask and --candidates need a captioner, not 'none'")
         return None
+    refuse_open_clip_captioner(name)
     mini = _mini_dir(name)
     if mini:
         if prompting.given:
@@ -64,9 +65,12 @@ def describe_embedder(name: str) -> dict:
     if mini:
         config, fingerprint, dim = _describe_mini(mini)
         return {"config": config, "fingerprint": fingerprint, "dim": dim}
-    from vlpipe.models.hf import load_hf_embedder
+    if name.startswith(OPEN_CLIP):
+        from vlpipe.models.openclip import load_open_clip_embedder as load
+    else:
+        from vlpipe.models.hf import load_hf_embedder as load
 
-    embedder = load_hf_embedder(name, device="cpu")  # towers load lazily: no weights here
+    embedder = load(name, device="cpu")  # weights load lazily: none here
     return {
         "config": embedder.describe(),
         "fingerprint": embedder.fingerprint(),

@@ -1,4 +1,4 @@
-"""Captioners (BLIP, GIT, VisionEncoderDecoder) and joint embedders (CLIP, SigLIP) over
+"""Captioners (BLIP, GIT, VisionEncoderDecoder) and joint embedders (CLIP, SigLIP, SigLIP 2) over
 `transformers`, loaded with `from_pretrained` from a hub id or a local directory.
 
 Images are resized and cropped with PIL in the decode threads and travel as uint8 (4x smaller than
@@ -83,6 +83,17 @@ EMBEDDERS = {
         "pooler_output",
         True,
         ("input_ids",),
+    ),
+    # SigLIP 2 with NaFlex variable resolution (vlpipe.models.hf_naflex); its fixed-resolution
+    # checkpoints are model_type "siglip" above. Its Gemma tokenizer's mask goes in, as in HF's
+    # own processor call.
+    "siglip2": Towers(
+        "Siglip2TextModel",
+        "Siglip2VisionModel",
+        "pooler_output",
+        "pooler_output",
+        True,
+        ("input_ids", "attention_mask"),
     ),
 }
 
@@ -214,7 +225,7 @@ def captioner_kind(name: str, model_type: str, prompting: Prompting | None = Non
 
 
 class HFEmbedder(Embedder):
-    """CLIP / SigLIP: each tower loads on first use, once, even when threads race for it."""
+    """CLIP / SigLIP / SigLIP 2: each tower loads on first use, once, even when threads race."""
 
     def __init__(
         self,
@@ -273,7 +284,7 @@ class HFEmbedder(Embedder):
     def embed_images(self, pixels: torch.Tensor) -> np.ndarray:
         model = self._get("vision")
         with torch.inference_mode():
-            output = model(pixel_values=self.recipe.normalize(pixels, self.device, self.dtype))
+            output = model(**self.recipe.model_inputs(pixels, self.device, self.dtype))
         return self._embeddings(output, "vision")
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
@@ -350,10 +361,12 @@ class HFEmbedder(Embedder):
 
 
 def load_hf_embedder(name_or_path: str, device: str = "auto", precision: str = "auto") -> Embedder:
-    """A CLIP or SigLIP joint embedder from a hub id or a local directory (towers load lazily)."""
+    """A CLIP, SigLIP or SigLIP 2 joint embedder from a hub id or a local directory (towers
+    load lazily)."""
     location, config = _load_config(name_or_path)
     if config.model_type not in EMBEDDERS:
-        raise _unsupported(name_or_path, config.model_type, "embedder", EMBEDDERS)
+        known = {**EMBEDDERS, "open_clip:ARCH@TAG": None}
+        raise _unsupported(name_or_path, config.model_type, "embedder", known)
     torch_device = resolve_device(device)
     dtype = resolve_dtype(torch_device, precision)
     recipe = _pixel_recipe(name_or_path, location)

@@ -91,12 +91,21 @@ class PixelRecipe:
         x = pixels.to(device, non_blocking=True).to(torch.float32)
         return x.mul_(a.to(device)).add_(b.to(device)).to(dtype)
 
+    def model_inputs(self, pixels: torch.Tensor, device: torch.device, dtype: torch.dtype) -> dict:
+        """A uint8 batch to the vision tower's keyword arguments (NaflexRecipe's has three)."""
+        return {"pixel_values": self.normalize(pixels, device, dtype)}
+
     def describe(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def pixel_recipe(name: str, location: str) -> PixelRecipe:
+def pixel_recipe(name: str, location: str):
+    """The checkpoint's PixelRecipe, or a NaflexRecipe for SigLIP 2's variable resolution."""
     from transformers import AutoImageProcessor
 
+    from vlpipe.models.hf_naflex import NaflexRecipe, is_naflex
+
     processor = from_pretrained(name, AutoImageProcessor.from_pretrained, location)
+    if is_naflex(processor):
+        return NaflexRecipe.from_processor(processor, name)
     return PixelRecipe.from_processor(processor, name)

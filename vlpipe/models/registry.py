@@ -1,4 +1,5 @@
-"""Model names to model objects: `mini`, a trained vlpipe-mini directory, or a transformers model.
+"""Model names to model objects: `mini`, a trained vlpipe-mini directory, an `open_clip:` name
+(embedders), or a transformers model.
 
 A name is resolved in this order: the built-in `mini`; a local directory (vlpipe-mini if it holds a
 vlpipe-mini config, else a transformers checkpoint); anything else is treated as a Hugging Face hub
@@ -15,12 +16,22 @@ if TYPE_CHECKING:  # base imports torch, which text search on CPU does without
     from vlpipe.models.prompting import Prompting
 
 BUILTIN = "mini"
+OPEN_CLIP = "open_clip:"  # `open_clip:ARCH@TAG` etc. (vlpipe.models.openclip): embedders only
 
 
 def _is_mini(name: str) -> bool:
     from vlpipe.models.mini import is_mini_dir
 
     return name == BUILTIN or (os.path.isdir(name) and is_mini_dir(name))
+
+
+def refuse_open_clip_captioner(name: str) -> None:
+    if name.startswith(OPEN_CLIP):
+        from vlpipe.errors import ModelLoadError
+
+        raise ModelLoadError(
+            f"{name!r} is an open_clip embedder: it cannot caption (use it as --embedder)"
+        )
 
 
 def load_captioner(
@@ -31,6 +42,7 @@ def load_captioner(
     max_tokens: int = 30,
 ) -> Captioner:
     """`prompting` (a prompt, questions, candidates) is for prompted captioners only."""
+    refuse_open_clip_captioner(name)
     if _is_mini(name):
         from vlpipe.models.mini import load_mini
         from vlpipe.models.prompting import takes_no_prompt
@@ -50,6 +62,10 @@ def load_embedder(name: str, device: str = "auto", precision: str = "auto") -> E
         from vlpipe.models.mini import load_mini
 
         return load_mini(None if name == BUILTIN else name, device=device, precision=precision)
+    if name.startswith(OPEN_CLIP):
+        from vlpipe.models.openclip import load_open_clip_embedder
+
+        return load_open_clip_embedder(name, device=device, precision=precision)
     from vlpipe.models.hf import load_hf_embedder
 
     return load_hf_embedder(name, device=device, precision=precision)
