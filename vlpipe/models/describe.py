@@ -39,8 +39,13 @@ def describe_captioner(name: str, prompting: Prompting | None = None) -> dict | 
     refuse_open_clip_captioner(name)
     mini = _mini_dir(name)
     if mini:
-        if prompting.given:
+        if prompting.prompt is not None or prompting.asks:
             raise takes_no_prompt(name, "vlpipe-mini")
+        if prompting.candidates > 1:
+            raise VlpipeError(
+                "--candidates needs a transformers captioner (BLIP, GIT, a prompted model); "
+                "vlpipe-mini generates one caption (its beam width is set in its config)"
+            )
         return _describe_mini(mini)[0]
     from vlpipe.models.hf import captioner_kind
     from vlpipe.models.hf_load import load_config

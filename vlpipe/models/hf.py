@@ -209,7 +209,7 @@ def captioner_kind(name: str, model_type: str, prompting: Prompting | None = Non
 
     if model_type in CAPTIONERS:
         if prompting is not None and (prompting.prompt is not None or prompting.asks):
-            raise takes_no_prompt(name, model_type, "--prompt and --ask")
+            raise takes_no_prompt(name, model_type)
         return "classic"
     if model_type in prompted_families(set(CAPTIONERS)):
         return "prompted"

@@ -113,14 +113,12 @@ def check_columns(prompting: Prompting, taken: set[str] | frozenset[str]) -> Non
             )
 
 
-def takes_no_prompt(
-    name: str, kind: str, what: str = "--prompt, --ask and --candidates"
-) -> VlpipeError:
+def takes_no_prompt(name: str, kind: str) -> VlpipeError:
     """The one line for a prompt or question given to a captioner that takes none."""
     return VlpipeError(
-        f"{what} need a prompted captioner; {name!r} ({kind}) takes no prompt. Use a "
-        "prompted model (any AutoModelForImageTextToText hub id or directory: llava, qwen2_vl, "
-        "idefics3, paligemma, ...) or drop the option"
+        f"{name!r} ({kind}) takes no prompt or question: --prompt, --ask and `vlpipe ask` need "
+        "a prompted model (any AutoModelForImageTextToText hub id or directory: llava, "
+        "qwen2_vl, idefics3, paligemma, ...)"
     )
 
 

@@ -47,7 +47,7 @@ def load_captioner(
         from vlpipe.models.mini import load_mini
         from vlpipe.models.prompting import takes_no_prompt
 
-        if prompting is not None and prompting.given:
+        if prompting is not None and (prompting.prompt is not None or prompting.asks):
             raise takes_no_prompt(name, "vlpipe-mini")
         return load_mini(None if name == BUILTIN else name, device=device, precision=precision)
     from vlpipe.models.hf import load_hf_captioner

@@ -11,6 +11,9 @@ Routes:
                                  any fsspec URL, or a tar member `<tar url>#<member>`)
   GET  /api/duplicates?offset&limit  the clusters `vlpipe dedup` found, biggest first
                                  (vlpipe.serve.duplicates)
+  GET  /api/ask?q=QUESTION&k=K   the run's prompted captioner answers QUESTION about each of
+                                 the top-k hits of a search for &about=TEXT (default: the
+                                 question); &where= filters; same limits as search
 
 Safety: images are served by image_id only, and only ids the index knows; no request ever names
 a path that gets opened. Queries, k and uploads are bounded, uploads go through the pipeline's
@@ -35,6 +38,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from vlpipe.errors import VlpipeError
+from vlpipe.index.ask import answer_columns
 from vlpipe.index.results import jsonable
 from vlpipe.reading.sources import ThumbnailError, read_source
 from vlpipe.serve.duplicates import duplicates_route
@@ -72,6 +76,9 @@ class SearchService:
         self.limits = limits
         self.stored = StoredThumbnails.of(searcher)
         self._lock = threading.Lock()
+        self.ask_model: str | None = None  # None: the run's captioner, when it is prompted
+        self._asker = None
+        self.answer_columns = tuple(answer_columns(searcher))  # the run's --ask columns
 
     def by_text(self, query: str, k: int, opts: Options | None = None) -> list:
         opts = opts or Options()
@@ -82,13 +89,24 @@ class SearchService:
             )[0]  # fmt: skip
             return self._page(hits, opts)
 
+    def ask(self, question: str, about: str | None, k: int, where: str | None) -> list:
+        """Answers (vlpipe.index.ask) about the top-k hits, one question at a time."""
+        from vlpipe.index.ask import Asker, run_captioner
+
+        with self._lock:
+            if self._asker is None:
+                model = self.ask_model or run_captioner(self.searcher)
+                self._asker = Asker(self.searcher, model, self.searcher.device)
+            return self._asker.about_hits(question, about, self._k(k), where)
+
     def _page(self, hits: list, opts: Options) -> list:
         """The page of hits asked for, with the columns and embeddings asked for."""
         hits = hits[opts.offset :]
-        if opts.columns or opts.embeddings:
+        columns = list(dict.fromkeys([*opts.columns, *self.answer_columns]))
+        if columns or opts.embeddings:
             from vlpipe.index.results import attach
 
-            attach(self.searcher.rows(), [hits], opts.columns, opts.embeddings)
+            attach(self.searcher.rows(), [hits], columns, opts.embeddings)
         return hits
 
     def by_image(self, data: bytes, k: int, opts: Options | None = None) -> list:
@@ -250,10 +268,13 @@ async def _uploaded_image(request: Request, limits: Limits) -> bytes:
 
 
 def create_app(searcher, thumbs: ThumbnailCache, limits: Limits | None = None, *,
-               allowed_hosts: set[str] | None = None) -> Starlette:  # fmt: skip
-    """The ASGI app over an open Searcher. `allowed_hosts` None accepts any Host header."""
+               allowed_hosts: set[str] | None = None,
+               ask_model: str | None = None) -> Starlette:  # fmt: skip
+    """The ASGI app over an open Searcher. `allowed_hosts` None accepts any Host header;
+    `ask_model` answers /api/ask (None: the run's captioner, when it is prompted)."""
     limits = limits or Limits()
     service = SearchService(searcher, thumbs, limits)
+    service.ask_model = ask_model
     page = resources.files("vlpipe.serve").joinpath("static/index.html").read_text("utf-8")
 
     async def index(request: Request) -> Response:
@@ -282,6 +303,23 @@ def create_app(searcher, thumbs: ThumbnailCache, limits: Limits | None = None, *
         hits = await run_in_threadpool(service.by_image, data, k, opts)
         return JSONResponse({"k": k, "offset": opts.offset, "results": _hits(hits)})
 
+    async def ask(request: Request) -> Response:
+        k = _parse_k(request, limits)
+        params = request.query_params
+        question, about = params.get("q", "").strip(), params.get("about", "").strip() or None
+        if not question:
+            raise HTTPException(400, "give a question: /api/ask?q=...")
+        if max(len(question), len(about or "")) > limits.max_query_chars:
+            raise HTTPException(400, f"question or about over {limits.max_query_chars} characters")
+        where = params.get("where", "").strip() or None
+        answers = await run_in_threadpool(service.ask, question, about, k, where)
+        results = [
+            {**(_hit_json(a.hit) if a.hit is not None else {"uri": a.uri}),
+             "answer": a.answer, **({"error": a.error} if a.error else {})}
+            for a in answers
+        ]  # fmt: skip
+        return JSONResponse({"question": question, "about": about, "k": k, "results": results})
+
     async def thumb(request: Request) -> Response:
         image_id = request.path_params["image_id"]
         data = await run_in_threadpool(service.thumbnail, image_id)
@@ -296,6 +334,7 @@ def create_app(searcher, thumbs: ThumbnailCache, limits: Limits | None = None, *
             Route("/", index),
             Route("/api/search", search_get, methods=["GET"]),
             Route("/api/search", search_post, methods=["POST"]),
+            Route("/api/ask", ask, methods=["GET"]),
             Route("/thumb/{image_id}", thumb),
             duplicates_route(searcher),
         ],
