@@ -1,11 +1,12 @@
 """Tiny randomly initialised prompted vision-language models (LLaVA, Qwen2-VL, Idefics3 / SmolVLM,
-PaliGemma), built offline from configs and saved with `save_pretrained`, so that
+PaliGemma, BLIP-2), built offline from configs and saved with `save_pretrained`, so that
 `AutoProcessor` + `AutoModelForImageTextToText.from_pretrained(dir)` load them like a hub download.
 
 Each has a WordLevel tokenizer with the family's special tokens, left padding, and (except
-PaliGemma, whose processor takes a plain prefix) a chat template that puts the image before the
-text, as the real checkpoints' templates do. 32-wide, 2-layer towers; images of 32-64 px; a 10x
-wider initialisation than the default so that different images give different answers.
+PaliGemma and BLIP-2, whose processors take a plain prompt) a chat template that puts the image
+before the text, as the real checkpoints' templates do. 32-wide, 2-layer towers; images of
+32-64 px; a 10x wider initialisation than the default so that different images give different
+answers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from tests.hf_tiny import WORDS
 
 SEED = 0
-FAMILIES = ("llava", "qwen2_vl", "idefics3", "paligemma")
+FAMILIES = ("llava", "qwen2_vl", "idefics3", "paligemma", "blip2")
 _PROMPT_WORDS = "user assistant : describe this image one sentence . ? how many yes no".split()
 _INIT = 0.2
 _TEXT = dict(
@@ -223,6 +224,41 @@ def build_tiny_paligemma(path: str | Path) -> str:
     images = SiglipImageProcessor(size={"height": 32, "width": 32})
     images.image_seq_length = 16
     return _save(path, model, PaliGemmaProcessor(image_processor=images, tokenizer=tokenizer))
+
+
+def build_tiny_blip2(path: str | Path) -> str:
+    """BLIP-2: ViT + a 4-query Q-Former + OPT; no chat template, the processor puts the query
+    tokens before a plain prompt (empty by default)."""
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        OPTConfig,
+    )
+
+    named = dict(pad_token="<pad>", bos_token="</s>", eos_token="</s>")
+    tokenizer, vocab = _tokenizer(["<pad>", "</s>", "<unk>", "<image>"], **named)
+    text = OPTConfig(
+        hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+        word_embed_proj_dim=32, vocab_size=len(vocab), pad_token_id=0, bos_token_id=1,
+        eos_token_id=1, init_std=_INIT, max_position_embeddings=256,
+    )  # fmt: skip
+    qformer = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        encoder_hidden_size=32, initializer_range=_INIT,
+    )  # fmt: skip
+    config = Blip2Config(
+        vision_config=_VISION,
+        qformer_config=qformer,
+        text_config=text.to_dict(),
+        num_query_tokens=4,
+        image_token_index=vocab["<image>"],
+    )
+    model = _seeded(lambda: Blip2ForConditionalGeneration(config))
+    images = BlipImageProcessor(size={"height": 32, "width": 32})
+    processor = Blip2Processor(image_processor=images, tokenizer=tokenizer, num_query_tokens=4)
+    return _save(path, model, processor)
 
 
 def build(family: str, path: str | Path) -> str:

@@ -24,9 +24,10 @@ from vlpipe.pipeline.options import RunConfig, make_pipeline
 from vlpipe.pipeline.progress import ProgressMonitor
 from vlpipe.pipeline.resume import LAYOUT_VERSION, Resume, check_output
 from vlpipe.pipeline.summary import RunSummary, count
+from vlpipe.reading.files import MANIFEST_EXTENSIONS, ext
 from vlpipe.reading.plan import plan
 from vlpipe.reading.records import save_page
-from vlpipe.reading.specs import KIND_PAGE, ShardSpec
+from vlpipe.reading.specs import KIND_MANIFEST, KIND_PAGE, ShardSpec
 from vlpipe.rundir import PLAN, PROGRESS, SUCCESS, RunDir, write_atomic
 from vlpipe.schema import RESERVED_COLUMNS, SCHEMA_VERSION
 from vlpipe.transforms.handlers import VlpipeModelHandler
@@ -41,8 +42,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     started = time.time()
     run_dir = RunDir(config.output)
     models = describe_models(config.captioner, config.embedder, config.prompting)  # configs only
-    check_columns(config.prompting, RESERVED_COLUMNS)
     precision = driver_precision(config)
+    check_answer_columns(config)  # before the manifest: a refused run leaves nothing behind
     check_output(run_dir, config.model_config(), config.overwrite)
     forget_cached_listings(config.source)
     # The manifest goes first, _SUCCESS goes: a kill at any later point leaves a resumable run.
@@ -106,6 +107,21 @@ def _plan(
         if work is not None:
             todo.append(work)
     return specs, todo
+
+
+def check_answer_columns(config: RunConfig) -> None:
+    """An --ask NAME (or caption_score) that is also a column of vlpipe's or of a manifest
+    source is refused before any work (a tar's .json key of that name moves to json.NAME)."""
+    names = config.prompting.columns()
+    if not names:
+        return
+    check_columns(config.prompting, RESERVED_COLUMNS)
+    if ext(config.source.split("?")[0]) not in MANIFEST_EXTENSIONS:
+        return
+    from vlpipe.reading.manifests import manifest_columns
+
+    for url in dict.fromkeys(s.url for s in plan(config.source, 10**9) if s.kind == KIND_MANIFEST):
+        check_columns(config.prompting, set(manifest_columns(url, config.columns)))
 
 
 def _mode_name(config: RunConfig) -> str:

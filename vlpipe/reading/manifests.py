@@ -96,6 +96,17 @@ def _check_first_block(url: str) -> list[str]:
     return first.column_names
 
 
+def manifest_columns(url: str, columns: tuple[str, ...] | None = None) -> list[str]:
+    """The columns a manifest carries to the output (besides its uri and text columns; only
+    `columns` when given): for checks at planning, such as a clash with an --ask column."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    names = _row_groups(fs, path, url)[1] if ext(path) == "parquet" else _check_first_block(url)
+    uri_col, text_col = _columns(names, url)
+    return [n for n in names if n not in (uri_col, text_col) and (columns is None or n in columns)]
+
+
 def _row(url: str, index: int) -> str:
     return f"{url}#{index:013d}"
 

@@ -263,8 +263,10 @@ def result_row(
     extra = record.extra
     if extra and columns is not None:
         extra = {k: v for k, v in extra.items() if k in columns}
-    if getattr(result, "columns", None):  # the models' own columns come after the source's
-        extra = {**(extra or {}), **result.columns}
+    if getattr(result, "columns", None):  # the models' own columns come after the source's;
+        extra = {  # a tar's .json key of the same name moves aside, as reserved names do
+            (f"json.{k}" if k in result.columns else k): v for k, v in (extra or {}).items()
+        } | result.columns
     return {
         "image_id": record.image_id,
         "uri": record.uri,
