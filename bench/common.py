@@ -270,6 +270,10 @@ def run_child(argv: list[str], env: dict | None = None, timeout: float | None = 
     sampler.start()
     try:
         out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # a time cap ends the child, not only the wait
+        proc.communicate()
+        raise
     finally:
         peak = sampler.stop()
     wall = time.perf_counter() - start

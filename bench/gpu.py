@@ -11,12 +11,16 @@ It measures, on the benchmark corpus (or any folder of JPEGs given with --images
 2. decode only: vlpipe's CPU decode + preprocess for both models on every core (threads), and
    torchvision's nvJPEG GPU decode + resize, images/s;
 3. end to end: `vlpipe run` (DirectRunner, one process) at the best batch size, images/s and the
-   split of its time across decode / inference / writing.
+   split of its time across decode / inference / writing;
+4. every model family (bench/families.py: SmolVLM-256M, Florence-2-base, Qwen2-VL-2B, BLIP-2
+   OPT-2.7b, open_clip ViT-L-14, SigLIP 2 base) at full size with random weights through vlpipe's
+   handler, fp16 (Qwen2-VL bf16), SDPA attention: images/s and peak GPU memory, each in its own
+   processes with a time cap (--families to pick, --family-timeout).
 The bottleneck is whichever of decode and model sustains fewer images/s. Goal: 1,000,000
 images/hour (~280 images/s) on one H100.
 
     python -m bench.gpu [--images 2000] [--batch-sizes 16,32,64,128,256] [--quick]
-    python -m bench.gpu --device cpu --tiny   # exercise every step with tiny models, no GPU
+    python -m bench.gpu --smoke   # every step with tiny models on CPU (also --device cpu --tiny)
 
 Without a CUDA device (and without --device cpu) it prints "no CUDA device: not measured" and
 exits 0.
@@ -32,7 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.common import Figure, Report, load, save
+from bench.common import REPO, Figure, Report, load, save
 
 NAME = "gpu"
 TITLE = "GPU: BLIP-base + CLIP ViT-B/32, fp16, one GPU"
@@ -224,6 +228,7 @@ def measure(args) -> dict:
         e2e = pipeline_run(
             write_manifest(paths, folder), cap_dir, emb_dir, args, best["batch"], folder / "out"
         )
+        families = families_step(args, folder)
     decode_best = max(r for r in (cpu_rate, gpu_rate) if r)
     bottleneck = "decode (CPU)" if cpu_rate < best["images_s"] else "model (GPU)"
     report.add(
@@ -254,8 +259,31 @@ def measure(args) -> dict:
         "decode_best_images_s": round(decode_best, 1),
         "end_to_end": e2e,
         "bottleneck": bottleneck,
+        "families": families,
     }
     return report.finish()
+
+
+def families_step(args, folder: Path) -> list[dict]:
+    """Every model family (bench/families.py) at full size on the device, fp16 (bf16 for
+    Qwen2-VL), transformers' default SDPA attention, each in its own processes with a cap."""
+    from argparse import Namespace
+
+    from bench.families import FAMILIES, run_family
+
+    chosen = {"all": ",".join(FAMILIES), "none": ""}.get(args.families, args.families)
+    names = [n for n in chosen.split(",") if n]
+    cpu = not args.device.startswith("cuda")
+    options = Namespace(
+        device=args.device, precision="fp32" if cpu else None, tiny=args.tiny,
+        batch=2 if args.tiny else None, batches=1 if args.tiny else 2,
+        max_tokens=args.max_tokens, timeout=args.family_timeout, images_dir=args.images_dir,
+    )  # fmt: skip
+    rows = []
+    for name in names:
+        rows.append(run_family(FAMILIES[name], options, folder / "families" / name))
+        print(f"   {rows[-1]}", flush=True)
+    return rows
 
 
 def not_measured() -> dict:
@@ -280,9 +308,10 @@ def markdown(result: dict) -> str:
         return (
             "Not measured (no GPU lent to this task). On a machine with one CUDA GPU, run\n\n"
             f"    {RUN_COMMAND}\n\n"
-            "(about 10 minutes: builds full-size BLIP-base + CLIP ViT-B/32 with random weights,"
-            " sweeps batch sizes 16-256 in fp16, decodes on CPU and with nvJPEG, runs"
-            " `vlpipe run` end to end) and `python -m bench.report` to fill these tables."
+            "(builds full-size BLIP-base + CLIP ViT-B/32 with random weights, sweeps batch sizes"
+            " 16-256 in fp16, decodes on CPU and with nvJPEG, runs `vlpipe run` end to end, then"
+            " times every model family at full size; `--quick` for 500 images and two batch"
+            " sizes, planned to fit 10 minutes) and `python -m bench.report` to fill these tables."
         )
     d = result["details"]
     lines = [
@@ -308,6 +337,11 @@ def markdown(result: dict) -> str:
         f"`vlpipe run`: {e['images_s']} images/s over {e['images']} images; time in shards"
         f" {e['split']}. Bottleneck: {d['bottleneck']}.",
     ]
+    if d.get("families"):
+        from bench.families import table
+
+        lines += ["", "Every model family, full size, random weights, on the same GPU:", ""]
+        lines += table(d["families"], cuda=True)
     return "\n".join(lines)
 
 
@@ -322,9 +356,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-threads", type=int, default=max(4, os.cpu_count() or 1))
     parser.add_argument("--tiny", action="store_true", help="tiny random models (code check)")
     parser.add_argument("--quick", action="store_true", help="500 images, batch 32,128")
+    parser.add_argument("--families", default="all", help="comma-separated, all, or none")
+    parser.add_argument("--family-timeout", type=float, default=150, help="seconds per family")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, every step")
     args = parser.parse_args(argv)
+    from bench.families import FAMILIES
+
+    unknown = [n for n in args.families.split(",") if n not in (*FAMILIES, "all", "none", "")]
+    if unknown:
+        parser.error(f"unknown family {unknown[0]!r}: choose from {', '.join(FAMILIES)}")
     if args.quick:
         args.images, args.batch_sizes = min(args.images, 500), "32,128"
+    if args.smoke:
+        args.device, args.precision, args.tiny = "cpu", "fp32", True
+        args.images, args.batch_sizes, args.max_tokens = min(args.images, 8), "2,4", 4
+        args.family_timeout = max(args.family_timeout, 300)
+        args.images_dir = args.images_dir or str(REPO / "examples" / "images")
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -34,6 +34,7 @@ RENDERERS = {
     "dedup_scale": "bench.dedup_scale",
     "mini_lowres": "bench.mini_lowres",
     "mini_speed": "bench.mini_speed",
+    "models_cpu": "bench.models_cpu",
 }
 
 

@@ -287,3 +287,67 @@ def test_gpu_bench_code_path_on_cpu_with_tiny_models(results_dir, flickr):
     saved = json.loads((results_dir / "results" / "tmp" / "gpu-tiny.json").read_text())
     assert [r["batch"] for r in saved["details"]["sweep"]] == [2, 4]
     assert saved["details"]["end_to_end"]["written"] == 8
+
+
+# -- model families (bench/families.py, bench/models_cpu.py) ------------------------------------
+
+
+def test_models_cpu_smoke_times_a_family_beside_the_pair(results_dir):
+    """Tiny models through the real children (build, vlpipe's handler, timing, peak RSS)."""
+    from bench import models_cpu
+
+    assert models_cpu.main(["--smoke", "--only", "siglip2-base-naflex"]) == 0
+    saved = json.loads((results_dir / "results" / "tmp" / "models_cpu-smoke.json").read_text())
+    pair, siglip2 = saved["details"]["rows"]
+    assert pair["family"] == "blip-base+clip-b32" and pair["sample_caption"]
+    assert siglip2["embedding_dim"] == 32 and siglip2["sample_caption"] is None
+    for row in (pair, siglip2):
+        assert row["images_s"] > 0 and row["peak_rss_gb"] > 0.1 and row["images"] == 2
+    [figure] = saved["figures"]
+    assert figure["baseline"] == pair["images_s"] and figure["vlpipe"] == siglip2["images_s"]
+    assert not (results_dir / "BENCHMARKS.md").exists()  # a smoke run publishes nothing
+
+
+def test_models_cpu_placeholder_holds_no_figures(results_dir):
+    from bench import models_cpu
+
+    assert models_cpu.main(["--placeholder"]) == 0
+    doc = (results_dir / "BENCHMARKS.md").read_text()
+    assert "Not measured yet" in doc and "python -m bench.models_cpu" in doc
+    assert "images/s |" not in doc.split("<!-- bench:models_cpu -->")[1]
+
+
+def test_a_family_over_its_time_cap_is_one_line(tmp_path):
+    from bench.families import FAMILIES, run_family
+
+    args = Namespace(device="cpu", precision=None, tiny=True, batch=2, batches=1,
+                     max_tokens=4, timeout=1, images_dir=None)  # fmt: skip
+    row = run_family(FAMILIES["siglip2-base-naflex"], args, tmp_path / "m")
+    assert row["error"] == "over the 1 s cap" and "images_s" not in row
+
+
+@pytest.mark.slow
+def test_models_cpu_smoke_runs_every_family(results_dir):
+    from bench import families, models_cpu
+
+    assert models_cpu.main(["--smoke"]) == 0
+    saved = json.loads((results_dir / "results" / "tmp" / "models_cpu-smoke.json").read_text())
+    rows = {r["family"]: r for r in saved["details"]["rows"]}
+    assert set(rows) == set(families.FAMILIES)
+    for name, row in rows.items():
+        assert "error" not in row and row["images_s"] > 0, row
+        role = families.FAMILIES[name].role
+        assert (row["embedding_dim"] is not None) == (role in ("pair", "embedder")), name
+        assert isinstance(row["sample_caption"], str) == (role != "embedder"), name
+
+
+@pytest.mark.slow
+def test_gpu_bench_smoke_times_the_families_on_cpu(results_dir):
+    from bench import gpu
+
+    assert gpu.main(["--smoke", "--families", "open_clip-vit-l-14,qwen2-vl-2b"]) == 0
+    saved = json.loads((results_dir / "results" / "tmp" / "gpu-tiny.json").read_text())
+    rows = saved["details"]["families"]
+    assert [r["family"] for r in rows] == ["open_clip-vit-l-14", "qwen2-vl-2b"]
+    assert all(r["images_s"] > 0 for r in rows)
+    assert "SmolVLM" not in gpu.markdown(saved) and "Qwen2-VL-2B" in gpu.markdown(saved)
