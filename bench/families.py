@@ -126,7 +126,6 @@ def measure(names: dict, args) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     model = next(m for m in (models.captioner, models.embedder) if m is not None)
-    inner = getattr(model, "model", None)
     last = results[-1]
     return {
         "images": len(items),
@@ -135,11 +134,20 @@ def measure(names: dict, args) -> dict:
         "images_s": round(len(items) / seconds, 3),
         "load_s": round(load_s, 1),
         "dtype": str(getattr(model, "dtype", "")).removeprefix("torch."),
-        "attention": getattr(getattr(inner, "config", None), "_attn_implementation", None),
+        "attention": attention(model),
         "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "sample_caption": last.caption,
         "embedding_dim": None if last.embedding is None else int(len(last.embedding)),
     }
+
+
+def attention(model) -> str | None:
+    """The attention implementation transformers picked (sdpa, eager, ...) for the model or
+    its loaded vision tower; open_clip's own modules for open_clip."""
+    if model.describe().get("family") == "open_clip":
+        return "open_clip (torch)"
+    inner = getattr(model, "model", None) or getattr(model, "_loaded", {}).get("vision")
+    return getattr(getattr(inner, "config", None), "_attn_implementation", None)
 
 
 def run_family(family: Family, args, folder: Path) -> dict:
