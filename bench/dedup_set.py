@@ -3,7 +3,10 @@ plus different photos of the same kind of scene as hard negatives.
 
 For each original, one copy per TRANSFORM: re-encoded at JPEG quality 12, resized to 40% of
 its sides, cropped by 10-20% of each side (off centre), overlaid with a caption bar and a logo,
-brightness and contrast shifted, converted to grayscale. Hard negatives are other photos whose
+brightness and contrast shifted, converted to grayscale; and the ones plain hashes miss: padded
+(a uniform border of 6-15% a side, or letterboxed to 1:1 or 16:9, black, white or grey), cropped
+to 80% of each side (off centre), rotated by 2-5 degrees either way (the wedges cropped away, as
+a straightening tool does). Hard negatives are other photos whose
 five reference captions are the most alike (TF-IDF cosine) to the original's: the same kind of
 scene, a different photo. `truth.json` gives each file's group (an original and its copies
 share one) and, for copies, the transform.
@@ -22,7 +25,17 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
-TRANSFORMS = ("jpeg", "resize", "crop", "overlay", "tone", "grayscale")
+TRANSFORMS = (
+    "jpeg",
+    "resize",
+    "crop",
+    "overlay",
+    "tone",
+    "grayscale",
+    "border",
+    "crop80",
+    "rotate",
+)
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 
 
@@ -48,7 +61,48 @@ def make_copy(image: Image.Image, transform: str, rng: random.Random) -> tuple[I
             "format": "JPEG", "quality": 90}  # fmt: skip
     if transform == "grayscale":
         return image.convert("L"), {"format": "JPEG", "quality": 90}
+    if transform == "border":
+        return _pad(image, rng), {"format": "JPEG", "quality": 90}
+    if transform == "crop80":
+        left, top = rng.uniform(0, 0.2) * w, rng.uniform(0, 0.2) * h
+        box = (round(left), round(top), round(left + 0.8 * w), round(top + 0.8 * h))
+        return image.crop(box), {"format": "JPEG", "quality": 90}
+    if transform == "rotate":
+        return _rotate(image, rng.choice((-1, 1)) * rng.uniform(2, 5)), {
+            "format": "JPEG", "quality": 90}  # fmt: skip
     raise ValueError(transform)
+
+
+def _pad(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A uniform border on every side, or letterbox bars to a 1:1 or 16:9 frame."""
+    w, h = image.size
+    fill = rng.choice(((0, 0, 0), (255, 255, 255), (128, 128, 128)))
+    if rng.random() < 0.5:
+        side = rng.uniform(0.06, 0.15)
+        size, at = (
+            (round(w * (1 + 2 * side)), round(h * (1 + 2 * side))),
+            (round(w * side), round(h * side)),
+        )
+    else:
+        ratio = rng.choice((1.0, 16 / 9))
+        size = (max(w, round(h * ratio)), max(h, round(w / ratio)))
+        if size == (w, h):
+            size = (w, round(h * 1.3))
+        at = ((size[0] - w) // 2, (size[1] - h) // 2)
+    out = Image.new("RGB", size, fill)
+    out.paste(image, at)
+    return out
+
+
+def _rotate(image: Image.Image, degrees: float) -> Image.Image:
+    """Rotated, then cropped to the largest centred rectangle of the same aspect with no wedge."""
+    w, h = image.size
+    out = image.rotate(degrees, Image.BICUBIC, expand=False)
+    a = math.radians(abs(degrees))
+    scale = 1 / (math.cos(a) + max(w / h, h / w) * math.sin(a))
+    cw, ch = w * scale, h * scale
+    box = (round((w - cw) / 2), round((h - ch) / 2), round((w + cw) / 2), round((h + ch) / 2))
+    return out.crop(box)
 
 
 def _overlay(image: Image.Image, rng: random.Random) -> Image.Image:

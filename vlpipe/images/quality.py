@@ -6,15 +6,17 @@ cost does not grow with the photo and the values do not depend on the size the m
 for. Flags at the documented defaults (FLAGS) are what the run summary counts
 and what `vlpipe curate --where` examples use; the columns themselves are the raw signals:
 
-| column | range | meaning |
-|---|---|---|
-| sharpness | 0 upward | variance of the 4-neighbour Laplacian of the gray copy, luma on 0-255; higher is sharper (photos: hundreds to thousands) |
-| brightness | 0-1 | mean luma (Rec. 601) |
-| contrast | 0-0.5 | standard deviation of luma |
-| colorfulness | 0 to about 1.8 | Hasler & Suesstrunk (2003) on 0-1 channels; 0 for gray, photos mostly 0.1-0.6 |
-| entropy | 0-8 | Shannon entropy of the 256-bin luma histogram, bits; low-information images score low |
-| grayscale | bool | under 1% of pixels have channels more than 12/255 apart |
-| border | 0-1 | share of the frame that is a uniform border or letterbox bar (1.0 for a flat image) |
+Columns (range: meaning):
+- sharpness (0 upward): variance of the 4-neighbour Laplacian of the gray copy, luma on 0-255;
+  higher is sharper (in-focus photos: hundreds to thousands, a blurred copy: a few).
+- brightness (0-1): mean luma (Rec. 601).
+- contrast (0-0.5): standard deviation of luma.
+- colorfulness (0 to about 1.8): Hasler & Suesstrunk (2003) on 0-1 channels; 0 for gray,
+  photos mostly 0.05-0.4.
+- entropy (0-8): Shannon entropy of the 256-bin luma histogram in bits; flat, low-information
+  images score low.
+- grayscale (bool): under 1% of pixels have channels more than 12/255 apart.
+- border (0-1): share of the frame that is a uniform border or letterbox bar (1.0: flat image).
 """
 
 from __future__ import annotations
