@@ -353,3 +353,27 @@ def _clip_bpe_tokenizer(bpe_gz: Path, folder: Path):
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+
+
+# --- image classifiers (--score NAME=MODEL:LABEL) -------------------------------------------------
+
+CLASSIFIER_LABELS = ("safe", "nsfw", "watermark")
+
+
+def build_tiny_classifier(path: str | Path) -> str:
+    """A tiny random ViT image classifier whose labels are CLASSIFIER_LABELS."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(
+        **_VISION,
+        num_labels=len(CLASSIFIER_LABELS),
+        id2label=dict(enumerate(CLASSIFIER_LABELS)),
+        label2id={label: i for i, label in enumerate(CLASSIFIER_LABELS)},
+    )
+    model = _seeded(lambda: ViTForImageClassification(config))
+    processor = ViTImageProcessor(size={"height": TINY_PX, "width": TINY_PX})
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
