@@ -6,7 +6,8 @@ import hashlib
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: orig_width, orig_height, bytes, format, phash, sha256, user columns
+SCHEMA_VERSION = 3  # 2: orig_width, orig_height, bytes, format, phash, sha256, user columns
+# 3: quality signals (vlpipe.images.quality), --score columns; phash of the border-trimmed image
 
 # Failure stages, in the order an image meets them.
 STAGE_READ = "read"
@@ -29,7 +30,9 @@ def result_schema(
     extra: list[pa.Field] | tuple = (),
 ) -> pa.Schema:
     """One row per processed image; the embedding is a fixed-size list so readers get a matrix
-    (all null, of type null, in a captions-only run); the user's own columns come last."""
+    (all null, of type null, in a captions-only run); the quality signals (ranges in
+    vlpipe.images.quality) follow the hashes; the user's own columns, then the models' extra
+    columns (--ask, --score) come last."""
     value = pa.float16() if float16 else pa.float32()
     fields = [
         ("image_id", pa.string()),
@@ -42,6 +45,13 @@ def result_schema(
         ("format", pa.string()),  # JPEG, PNG, WEBP, GIF, BMP, TIFF, ...
         ("phash", pa.uint64()),  # 64-bit DCT perceptual hash of the decoded image
         ("sha256", pa.string()),  # of the bytes read: exact copies share it
+        ("sharpness", pa.float32()),  # variance of the Laplacian, 0 upward; higher is sharper
+        ("brightness", pa.float32()),  # mean luma, 0-1
+        ("contrast", pa.float32()),  # std of luma, 0-0.5
+        ("colorfulness", pa.float32()),  # Hasler-Suesstrunk on 0-1 channels, 0 to about 1.8
+        ("entropy", pa.float32()),  # of the luma histogram, 0-8 bits
+        ("grayscale", pa.bool_()),
+        ("border", pa.float32()),  # share of the frame that is a uniform border, 0-1
         ("caption", pa.string()),
         ("embedding", pa.list_(value, dim) if embeddings else pa.null()),
         ("text", pa.string()),

@@ -75,6 +75,11 @@ from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
     help="Generate N captions per image (beam search) and keep the one the embedder scores"
     " highest against the image (column caption_score); costs about N times the captioning.",
 )  # fmt: skip
+@click.option(
+    "--score", "scores", multiple=True, metavar="NAME=SPEC",
+    help="Add a float column NAME: a head over the embeddings (FILE.safetensors|.pth) or an"
+    " image classifier's label probability (MODEL:LABEL, a hub id or local dir). Repeatable.",
+)  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in --output.")
 @click.option("--retry-failed", is_flag=True, help="Process again the inputs that failed before.")
 @click.option(
@@ -112,6 +117,7 @@ def command(ctx: click.Context, source: str, output: str, **kw) -> None:
         columns=_columns(kw["columns"]),
         thumbnail_px=kw["save_thumbnails"],
         output_format=kw["output_format"],
+        scores=tuple(kw["scores"]),
         overwrite=kw["overwrite"],
         retry_failed=kw["retry_failed"],
         shared_output=kw["shared_output"],

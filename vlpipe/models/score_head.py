@@ -98,13 +98,15 @@ def _tensors(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
             raise VlpipeError(
                 f"--score: {path} is not a readable safetensors file ({exc})"
             ) from None
-    import pickle
+    import warnings
 
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():  # torch warns about pickle protocols: not the user's line
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file (UnpicklingError, struct.error...)
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise VlpipeError(f"--score: {path} is not a plain state dict ({first})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -35,6 +35,7 @@ class RunConfig:
     columns: tuple[str, ...] | None = None  # source columns to carry through (None: all)
     thumbnail_px: int = 0  # store a JPEG thumbnail of this size per row; 0: none
     output_format: str = "parquet"  # or "webdataset": also tar shards
+    scores: tuple[str, ...] = ()  # --score NAME=SPEC texts (vlpipe.models.scorers)
     overwrite: bool = False
     retry_failed: bool = False
     shared_output: bool = False  # the user says a local --output is a mount every worker sees
@@ -72,6 +73,7 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise VlpipeError(message)
+        self.score_specs()  # a malformed --score fails here, in one line
         check_beam_args(normalize_runner(self.beam_args))  # a typo fails before any work
         runner = remote_runner(self.beam_args)
         if runner and is_local_path(self.output) and not self.shared_output:
@@ -80,6 +82,18 @@ class RunConfig:
                 " other machines, which cannot write there: use a shared URL (s3://, gs://) or"
                 " pass --shared-output if every worker mounts this path"
             )
+
+    def score_specs(self) -> list:
+        from vlpipe.models.scorers import parse_scores
+        from vlpipe.schema import RESERVED_COLUMNS
+
+        return parse_scores(self.scores, RESERVED_COLUMNS | set(self.prompting.columns()))
+
+    def score_fields(self) -> tuple:
+        """The Arrow fields of the --score columns (float32)."""
+        import pyarrow as pa
+
+        return tuple(pa.field(s.name, pa.float32()) for s in self.score_specs())
 
     def filters(self) -> Filters:
         return Filters(self.min_size, self.max_aspect, self.max_pixels)
@@ -96,6 +110,7 @@ class RunConfig:
             "max_caption_tokens": self.max_caption_tokens,
             "embedding_dtype": "float16" if self.float16 else "float32",
             **self.prompting.key(),  # only what differs from the defaults: older runs match
+            **({"scores": list(self.scores)} if self.scores else {}),
         }
 
 

@@ -44,6 +44,10 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     models = describe_models(config.captioner, config.embedder, config.prompting)  # configs only
     precision = driver_precision(config)
     check_answer_columns(config)  # before the manifest: a refused run leaves nothing behind
+    if config.scores:  # heads' shapes and classifiers' labels checked before any work
+        from vlpipe.models.scorers import describe_scores
+
+        models["scorers"] = describe_scores(config.score_specs(), models["embedder"]["dim"])
     check_output(run_dir, config.model_config(), config.overwrite)
     forget_cached_listings(config.source)
     # The manifest goes first, _SUCCESS goes: a kill at any later point leaves a resumable run.
@@ -168,6 +172,7 @@ def make_handler(config: RunConfig) -> VlpipeModelHandler:
         min_batch_size=config.min_batch_size,
         max_batch_size=config.batch_size,
         prompting=config.prompting,
+        scores=config.scores,
     )
 
 
@@ -187,7 +192,7 @@ def run_shards(
         config.columns,
         config.thumbnail_px,
         config.output_format,
-        model_fields(config.prompting),
+        (*model_fields(config.prompting), *config.score_fields()),
     )
     counts = [w.spec.count for w in todo]
     total = sum(counts) if None not in counts else None

@@ -30,8 +30,17 @@ def _dct_matrix(n: int) -> np.ndarray:
 _DCT = _dct_matrix(SIDE)
 
 
-def phash(image: Image.Image) -> int:
-    """The 64-bit perceptual hash of an image, as an unsigned integer (first bit highest)."""
+def phash(image: Image.Image, box: tuple[float, float, float, float] | None = None) -> int:
+    """The 64-bit perceptual hash of an image, as an unsigned integer (first bit highest).
+
+    `box` (left, top, right, bottom as fractions of the frame) hashes only that part: the run
+    passes the box inside a uniform border or letterbox (vlpipe.images.quality), so a padded
+    copy hashes like its original."""
+    if box is not None and box != (0.0, 0.0, 1.0, 1.0):
+        w, h = image.size
+        pixels = (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h))
+        if pixels[2] > pixels[0] and pixels[3] > pixels[1]:  # a tiny image may round to nothing
+            image = image.crop(pixels)
     small = image.convert("L").resize((SIDE, SIDE), Image.Resampling.LANCZOS)
     pixels = np.asarray(small, dtype=np.float64)
     low = (_DCT @ pixels @ _DCT.T)[:HASH_SIZE, :HASH_SIZE]

@@ -13,15 +13,17 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler
 
+from vlpipe.images.quality import quality
 from vlpipe.models.base import CaptionEmbedder, Captioner, Embedder
 from vlpipe.models.prompting import Prompting
+from vlpipe.models.score_base import Scorer
 from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, Filters, decode_image
 from vlpipe.transforms.fingerprints import phash, sha256
 from vlpipe.transforms.prompted import captions_and_columns
@@ -35,6 +37,7 @@ class Models:
 
     captioner: Captioner | None
     embedder: Embedder | None
+    scorers: list[Scorer] = field(default_factory=list)  # --score, in the order given
 
     @property
     def fused(self) -> bool:
@@ -42,7 +45,8 @@ class Models:
 
     @property
     def image_size(self) -> int:
-        return max(m.image_size for m in (self.captioner, self.embedder) if m is not None)
+        models = [m for m in (self.captioner, self.embedder) if m is not None]
+        return max(m.image_size for m in [*models, *self.scorers])
 
 
 @dataclass
@@ -63,6 +67,8 @@ class PreparedImage:
     sha256: str | None = None  # of the bytes read
     thumbnail: bytes | None = None  # a small JPEG, when the run stores them
     raw: bytes | None = None  # the bytes as read, when the run also writes WebDataset tars
+    quality: dict | None = None  # the quality signals' columns (vlpipe.images.quality)
+    score_pixels: dict[str, torch.Tensor] | None = None  # per scorer that reads the image
 
 
 @dataclass
@@ -93,10 +99,13 @@ def prepare_image(
     else:
         emb = cap if models.fused else models.embedder.preprocess(decoded.image)
     thumb = make_thumbnail(decoded.image, thumbnail_px) if thumbnail_px else None
+    signals = quality(decoded.image)
+    score_pixels = {s.spec.name: s.preprocess(decoded.image) for s in models.scorers
+                    if s.needs_pixels}  # fmt: skip
     return PreparedImage(
         image_id, decoded.width, decoded.height, cap, emb, text, decoded.orig_width,
-        decoded.orig_height, len(data), decoded.format, phash(decoded.image), sha256(data),
-        thumb, data if keep_raw else None,
+        decoded.orig_height, len(data), decoded.format, phash(decoded.image, signals.inner),
+        sha256(data), thumb, data if keep_raw else None, signals.columns(), score_pixels,
     )  # fmt: skip
 
 
@@ -117,6 +126,7 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
         min_batch_size: int = 1,
         max_batch_size: int = 32,
         prompting: Prompting | None = None,
+        scores: tuple[str, ...] = (),
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self.prompting = prompting or Prompting()
@@ -126,6 +136,7 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
         self.precision = precision
         self.max_caption_tokens = max_caption_tokens
         self.max_batch_size = max_batch_size
+        self.scores = tuple(scores)  # the --score NAME=SPEC texts
 
     def on_device(self, device: str) -> VlpipeModelHandler:
         """The same handler on another device (a worker's own GPU)."""
@@ -140,11 +151,14 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
         key = (self.captioner_name, self.embedder_name, self.device, self.precision,
                self.prompting)  # fmt: skip
         with _LOAD_LOCK:
-            if key not in _LOADED:
+            if (*key, self.scores) not in _LOADED:
                 from vlpipe.models.registry import load_models
+                from vlpipe.models.scorers import load_scorers, parse_score
 
-                _LOADED[key] = Models(*load_models(*key))
-            return _LOADED[key]
+                specs = [parse_score(s) for s in self.scores]
+                scorers = load_scorers(specs, self.device, self.precision)
+                _LOADED[(*key, self.scores)] = Models(*load_models(*key), scorers)
+            return _LOADED[(*key, self.scores)]
 
     def run_inference(
         self,
@@ -157,9 +171,14 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
             embeddings, scores = [None] * len(batch), [None] * len(batch)
         else:
             scores = _text_scores(batch, embeddings, model.embedder)
+        learned = _learned_scores(batch, embeddings, model.scorers)
         return [
-            ImageResult(p.image_id, c, e, s, x or None)
-            for p, c, e, s, x in zip(batch, captions, embeddings, scores, columns, strict=True)
+            ImageResult(
+                p.image_id, c, e, s, {**x, **{k: float(v[i]) for k, v in learned.items()}} or None
+            )
+            for i, (p, c, e, s, x) in enumerate(
+                zip(batch, captions, embeddings, scores, columns, strict=True)
+            )
         ]
 
     def _caption_and_embed(
@@ -188,6 +207,18 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
 
     def share_model_across_processes(self) -> bool:
         return False
+
+
+def _learned_scores(
+    batch: Sequence[PreparedImage], embeddings, scorers: list[Scorer]
+) -> dict[str, np.ndarray]:
+    """--score columns of one batch: heads read its embeddings, classifiers its pixels."""
+    out = {}
+    for scorer in scorers:
+        name = scorer.spec.name
+        pixels = torch.stack([p.score_pixels[name] for p in batch]) if scorer.needs_pixels else None
+        out[name] = scorer.score(pixels, None if pixels is not None else np.asarray(embeddings))
+    return out
 
 
 def _text_scores(

@@ -278,6 +278,7 @@ def result_row(
         "format": prepared.format,
         "phash": prepared.phash,
         "sha256": prepared.sha256,
+        **(prepared.quality or {}),
         "caption": result.caption,
         "embedding": result.embedding,
         "text": record.text,
