@@ -55,7 +55,7 @@ def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
 def _register() -> None:
     from importlib import import_module
 
-    for name in ("run", "index", "search", "ask", "dedup", "eval", "train", "serve"):
+    for name in ("run", "index", "search", "ask", "dedup", "curate", "eval", "train", "serve"):
         try:
             module = import_module(f"vlpipe.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -1,0 +1,141 @@
+"""What `vlpipe curate --format` writes, one class per format (FORMATS):
+
+- `parquet`: SUBSET/manifest.parquet with `url` (the row's uri), `caption` (the source's text
+  where it had one, else vlpipe's caption) and the user's own columns: a manifest `vlpipe run`
+  reads as is (url and caption are its uri and text columns) and img2dataset reads with
+  `--url_col url --caption_col caption`. Row groups of --shard-size rows (a run plans one or
+  more shards per row group). vlpipe's own columns stay out: a run computes them again.
+- `webdataset`: SUBSET/NNNNN.tar shards of --shard-size samples, each the source image's bytes,
+  caption, row JSON and embedding, written by the same writer as `vlpipe run --output-format
+  webdataset`; a source that cannot be read is counted and listed, never silently dropped.
+
+Both stream: one batch of rows, and for WebDataset one shard's open tar, at a time.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vlpipe.reading.sources import read_source
+from vlpipe.rundir import TMP_PREFIX
+from vlpipe.schema import RESERVED_COLUMNS
+from vlpipe.transforms.wds import WdsWriter
+
+MANIFEST = "manifest.parquet"
+MAX_SOURCE_BYTES = 256 * 2**20
+READERS = 8
+
+
+class ParquetManifest:
+    """Streams the kept rows' url, caption and user columns into one Parquet file."""
+
+    name = "parquet"
+
+    def __init__(self, fs, folder: str, shard_size: int, user_columns: list[str]):
+        self.fs, self.shard_size, self.user = fs, shard_size, user_columns
+        self.path = posixpath.join(folder, MANIFEST)
+        self.tmp = posixpath.join(folder, TMP_PREFIX + MANIFEST)
+        self.writer: pq.ParquetWriter | None = None
+        self.file = None
+        self.rows = 0
+        self.unreadable: list[tuple[str, str]] = []
+
+    @staticmethod
+    def columns(user_columns: list[str]) -> list[str]:
+        return ["uri", "text", "caption", *user_columns]
+
+    def add(self, kept: pa.Table) -> None:
+        caption = pc.coalesce(kept.column("text"), kept.column("caption"))
+        table = pa.table(
+            {"url": kept.column("uri"), "caption": caption,
+             **{c: kept.column(c) for c in self.user}}
+        )  # fmt: skip
+        if self.writer is None:
+            self.file = self.fs.open(self.tmp, "wb")
+            self.writer = pq.ParquetWriter(self.file, table.schema, compression="zstd")
+        self.writer.write_table(table.cast(self.writer.schema), row_group_size=self.shard_size)
+        self.rows += table.num_rows
+
+    def close(self) -> list[str]:
+        if self.writer is None:  # no row kept: an empty manifest still says so
+            self.add(pa.table({"uri": pa.array([], pa.string()), "text": pa.array([], pa.string()),
+                               "caption": pa.array([], pa.string()),
+                               **{c: pa.array([]) for c in self.user}}))  # fmt: skip
+        self.writer.close()
+        self.file.close()
+        self.fs.mv(self.tmp, self.path)
+        return [self.path]
+
+
+class WebDatasetShards:
+    """Streams the kept rows with their source images into tars of shard_size samples."""
+
+    name = "webdataset"
+
+    def __init__(self, fs, folder: str, shard_size: int, user_columns: list[str]):
+        self.fs, self.folder, self.shard_size = fs, folder, shard_size
+        self.writer: WdsWriter | None = None
+        self.shards: list[str] = []
+        self.rows = 0
+        self.unreadable: list[tuple[str, str]] = []  # (uri, why)
+
+    @staticmethod
+    def columns(user_columns: list[str]) -> list[str] | None:
+        return None  # every column: the row JSON holds them all
+
+    def add(self, kept: pa.Table) -> None:
+        rows = kept.drop_columns([c for c in ("thumbnail",) if c in kept.column_names])
+        uris = rows.column("uri").to_pylist()
+        with ThreadPoolExecutor(READERS) as pool:
+            images = list(pool.map(_read, uris))
+        for i, (uri, image) in enumerate(zip(uris, images, strict=True)):
+            if isinstance(image, str):
+                self.unreadable.append((uri, image))
+                continue
+            row = {name: rows.column(name)[i] for name in rows.column_names}
+            self._writer().add(row, image)
+            self.rows += 1
+            if self.writer.count >= self.shard_size:
+                self._close_shard()
+
+    def _writer(self) -> WdsWriter:
+        if self.writer is None:
+            path = posixpath.join(self.folder, f"{len(self.shards):05d}.tar")
+            self.writer = WdsWriter(self.fs, path)
+        return self.writer
+
+    def _close_shard(self) -> None:
+        if self.writer is not None and self.writer.count:
+            self.writer.close()
+            self.shards.append(self.writer.path)
+        self.writer = None
+
+    def close(self) -> list[str]:
+        self._close_shard()
+        return self.shards
+
+
+def _read(uri: str) -> bytes | str:
+    try:
+        return read_source(uri, MAX_SOURCE_BYTES)
+    except Exception as exc:  # noqa: BLE001 - counted and listed, the subset goes on
+        return str(exc) or type(exc).__name__
+
+
+FORMATS = {"parquet": ParquetManifest, "webdataset": WebDatasetShards}
+
+
+def user_columns(schema: pa.Schema, scores: list[str]) -> list[str]:
+    """The run's columns that came from the source (not vlpipe's, not --score columns)."""
+    return [n for n in schema.names if n not in RESERVED_COLUMNS and n not in scores]
+
+
+def open_folder(to: str):
+    fs, path = fsspec.core.url_to_fs(to)
+    return fs, path
