@@ -46,12 +46,22 @@ def photos(tmp_path_factory):
     return src
 
 
-def test_signals_and_scores_in_every_row(tiny, photos, tmp_path):  # noqa: F811
-    head = head_file(tmp_path / "aesthetic.safetensors", DIM)
-    clf = build_tiny_classifier(tmp_path / "clf")
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def scored(tiny, photos, tmp_path_factory):  # noqa: F811
+    """A real run of the four photos with a head and a classifier score, and its index."""
+    root = tmp_path_factory.mktemp("scored")
+    head = head_file(root / "aesthetic.safetensors", DIM)
+    clf = build_tiny_classifier(root / "clf")
+    out = root / "out"
     scores = (f"aesthetic={head}", f"nsfw={clf}:nsfw")
-    summary = run(config(tiny, photos, out, captioner="none", float16=False, scores=scores))
+    cfg = config(tiny, photos, out, captioner="none", float16=False, scores=scores,
+                 build_index=True)  # fmt: skip
+    summary = run(cfg)
+    return out, head, scores, summary
+
+
+def test_signals_and_scores_in_every_row(scored):
+    out, head, scores, summary = scored
     assert summary.ok and summary.written == 4
     table = pq.read_table(out / "parts")
     rows = {r["uri"].rsplit("/", 1)[1]: r for r in table.to_pylist()}
@@ -78,6 +88,39 @@ def test_signals_and_scores_in_every_row(tiny, photos, tmp_path):  # noqa: F811
     assert scorers["aesthetic"]["kind"] == "head" and scorers["aesthetic"]["fingerprint"]
     assert scorers["nsfw"]["label"] == "nsfw" and scorers["nsfw"]["fingerprint"]
     assert manifest["config"]["scores"] == list(scores)
+
+
+def test_run_summary_counts_the_flags(scored):
+    out, _, _, summary = scored
+    assert summary.flags["blurry"] == 1 and summary.flags["dark"] == 1  # blurred.png, dark.png
+    assert summary.flags["grayscale"] == 0 and summary.flags["low-information"] == 0
+    line = next(x for x in summary.lines() if x.startswith("quality of 4 written"))
+    assert "1 blurry (sharpness < " in line and "1 dark (brightness < " in line
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts["quality_flags"]["blurry"] == 1
+
+
+def test_serve_shows_signals_and_filters_on_them(scored, tmp_path):
+    pytest.importorskip("starlette", reason="needs the 'serve' extra")
+    from starlette.testclient import TestClient
+
+    from vlpipe.index.search import Searcher
+    from vlpipe.serve.app import create_app
+    from vlpipe.serve.thumbnails import ThumbnailCache
+
+    out = scored[0]
+    app = create_app(Searcher.open(str(out), device="cpu"), ThumbnailCache(tmp_path / "t", 64))
+    with TestClient(app) as client:
+        hits = client.get("/api/search", params={"q": "a photo", "k": 10}).json()["results"]
+        assert len(hits) == 4
+        for h in hits:
+            assert {"sharpness", "brightness", "border", "aesthetic", "nsfw"} <= set(h["columns"])
+        where = "sharpness >= 20 AND brightness > 0.2 AND nsfw > 0"
+        sharp = client.get("/api/search", params={"q": "a photo", "k": 10, "where": where})
+        names = sorted(h["uri"].rsplit("/", 1)[1] for h in sharp.json()["results"])
+        assert names == ["padded.png", "sharp.png"]  # the blurred and the dark one filtered out
+        page = client.get("/").text
+        assert 'className = "signals"' in page
 
 
 def test_bad_scores_fail_at_planning_in_one_line(tiny, photos, tmp_path):  # noqa: F811

@@ -38,7 +38,7 @@ BORDER_SHARE = 0.98  # ... and a border line has at least this share of such pix
 #: Flags at the documented defaults: (column, "<" or ">", threshold). A row is flagged when the
 #: comparison holds; the run summary counts these and `vlpipe curate` reports use them.
 FLAGS: dict[str, tuple[str, str, float]] = {
-    "blurry": ("sharpness", "<", 100.0),
+    "blurry": ("sharpness", "<", 20.0),
     "dark": ("brightness", "<", 0.2),
     "bright": ("brightness", ">", 0.9),
     "low-information": ("entropy", "<", 3.0),
@@ -165,3 +165,12 @@ def flagged(name: str, values: np.ndarray) -> np.ndarray:
         return v == threshold
     v = v.astype(np.float64)
     return (v < threshold) if op == "<" else (v > threshold)
+
+
+def flag_counts(rows: list[dict]) -> dict[str, int]:
+    """How many of these result rows each flag of FLAGS marks (rows without signals: none)."""
+    out = {}
+    for name, (column, _, _) in FLAGS.items():
+        values = [r[column] for r in rows if r.get(column) is not None]
+        out[name] = int(flagged(name, np.array(values)).sum()) if values else 0
+    return out

@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from vlpipe.images.quality import FLAGS
 from vlpipe.reading.specs import ShardSpec
 from vlpipe.rundir import FAILED, PARTS, RunDir
+
+FLAG_ORDER = tuple(FLAGS)
 
 
 @dataclass
@@ -28,6 +31,7 @@ class RunSummary:
     duplicated: int = 0
     corrupt_parts: list[str] = field(default_factory=list)
     index: dict | None = None
+    flags: dict[str, int] = field(default_factory=dict)  # quality flags (vlpipe.images.quality)
 
     @property
     def ok(self) -> bool:
@@ -52,6 +56,8 @@ class RunSummary:
                 "time in shards: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
             )
         out += [f"  failed {reason}: {n}" for reason, n in sorted(self.reasons.items())]
+        if self.flags:
+            out.append(quality_line(self.flags, self.written))
         if self.lost or self.missing_parts:
             out.append(f"LOST {self.lost} inputs; {self.missing_parts} parts named but missing")
         out += [
@@ -68,7 +74,16 @@ class RunSummary:
             "duplicates_dropped": self.duplicates,
             "processed_this_run": self.processed,
             "lost": self.lost,
+            "quality_flags": self.flags,
         }
+
+
+def quality_line(flags: dict[str, int], written: int) -> str:
+    """How many written rows look blurry, dark, ... by the documented defaults."""
+    rules = {name: f"{c} {op} {t}" for name, (c, op, t) in FLAGS.items() if op != "=="}
+    shown = ", ".join(f"{n} {name}" + (f" ({rules[name]})" if name in rules else "")
+                      for name, n in flags.items())  # fmt: skip
+    return f"quality of {written} written: {shown} (vlpipe curate --where to filter)"
 
 
 def count(run: RunDir, specs: list[ShardSpec], worked: set[str], seconds: float) -> RunSummary:
@@ -78,6 +93,7 @@ def count(run: RunDir, specs: list[ShardSpec], worked: set[str], seconds: float)
     sizes = {PARTS: run.sizes(PARTS), FAILED: run.sizes(FAILED)}
     total = Counter()
     reasons: Counter = Counter()
+    flags: Counter = Counter()
     for spec in specs:
         marker = markers.get(spec.key)
         if not (marker and marker["done"] and marker["digest"] == spec.digest):
@@ -90,6 +106,7 @@ def count(run: RunDir, specs: list[ShardSpec], worked: set[str], seconds: float)
         if spec.key in worked:
             total["processed"] += marker["processed"]
         reasons.update(marker["reasons"])
+        flags.update(marker.get("flags") or {})
         total["missing_parts"] += sum(n not in sizes[PARTS] for n in marker["parts"])
         total["missing_parts"] += sum(n not in sizes[FAILED] for n in marker["failed_parts"])
     return RunSummary(
@@ -104,4 +121,5 @@ def count(run: RunDir, specs: list[ShardSpec], worked: set[str], seconds: float)
         lost=total["lost"],
         missing_parts=total["missing_parts"],
         corrupt_parts=list(run.corrupt),
+        flags={name: flags[name] for name in FLAG_ORDER if name in flags},
     )

@@ -42,6 +42,7 @@ from vlpipe.index.ask import answer_columns
 from vlpipe.index.results import jsonable
 from vlpipe.reading.sources import ThumbnailError, read_source
 from vlpipe.serve.duplicates import duplicates_route
+from vlpipe.serve.signals import signal_columns
 from vlpipe.serve.stored import StoredThumbnails
 from vlpipe.serve.thumbnails import SAFE_ID, ThumbnailCache
 
@@ -79,6 +80,7 @@ class SearchService:
         self.ask_model: str | None = None  # None: the run's captioner, when it is prompted
         self._asker = None
         self.answer_columns = tuple(answer_columns(searcher))  # the run's --ask columns
+        self.signal_columns = signal_columns(searcher)  # quality signals and --score columns
 
     def by_text(self, query: str, k: int, opts: Options | None = None) -> list:
         opts = opts or Options()
@@ -102,7 +104,8 @@ class SearchService:
     def _page(self, hits: list, opts: Options) -> list:
         """The page of hits asked for, with the columns and embeddings asked for."""
         hits = hits[opts.offset :]
-        columns = list(dict.fromkeys([*opts.columns, *self.answer_columns]))
+        columns = [*opts.columns, *self.answer_columns, *self.signal_columns]
+        columns = list(dict.fromkeys(columns))
         if columns or opts.embeddings:
             from vlpipe.index.results import attach
 

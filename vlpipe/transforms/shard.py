@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import apache_beam as beam
 
+from vlpipe.images.quality import flag_counts
 from vlpipe.reading.records import spec_records
 from vlpipe.reading.specs import Record, ShardSpec
 from vlpipe.rundir import FAILED, PARTS, PROGRESS, WDS, RunDir
@@ -95,6 +96,7 @@ class _Tally:
         self.seen: set[str] = set()
         self.counts = Counter()
         self.reasons = Counter()
+        self.flags = Counter()  # quality flags of the rows written (vlpipe.images.quality)
 
     def fresh(self, records: Iterator[Record]) -> Iterator[Record]:
         """Records to process: not a repeat within the spec, not already held by a part."""
@@ -204,6 +206,7 @@ class _Parts:
         counts["written"] += len(self.results)
         counts["failed"] += len(self.failures)
         self.tally.reasons.update(f"{f['stage']}:{f['reason']}" for f in self.failures)
+        self.tally.flags.update(flag_counts(self.results))
         opts = self.options
         name = part_name(self.spec.key, self.ids)
         written = write_chunk(
@@ -248,6 +251,7 @@ def _marker(
         "processed": len(tally.seen) - counts["held"],
         "duplicates": counts["duplicates"],
         "reasons": dict(tally.reasons),
+        "flags": dict(tally.flags),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "parts": {**{n: None for n in tally.kept[PARTS]}, **written[PARTS]},
         "failed_parts": {**{n: None for n in tally.kept[FAILED]}, **written[FAILED]},
