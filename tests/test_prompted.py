@@ -249,7 +249,7 @@ def test_candidates_keep_the_embedders_best(dirs, corpus, tmp_path):
     assert picked_other_than_first > 0  # the re-ranking changed some captions
 
 
-def test_an_image_the_model_cannot_take_fails_alone(dirs, tmp_path):
+def test_an_image_the_model_cannot_take_fails_alone(dirs, tmp_path, caplog):
     """Qwen2-VL refuses images with an aspect ratio over 200: that image becomes a failure row
     with stage `infer`, after its batch was halved down to it; the others are written."""
     src = tmp_path / "src"
@@ -262,8 +262,11 @@ def test_an_image_the_model_cannot_take_fails_alone(dirs, tmp_path):
         embedder="none", max_caption_tokens=3, batch_size=4, progress=False,
         max_pixels=10**7,
     )  # fmt: skip
-    summary = run(config)
+    with caplog.at_level("WARNING"):
+        summary = run(config)
     assert summary.written == 3 and summary.failed == 1
+    said = [r.getMessage() for r in caplog.records if "retrying as batches" in r.getMessage()]
+    assert said and "batch of 4 failed" in said[0] and "batches of 2 and 2" in said[0]
     run_dir = RunDir(str(tmp_path / "o"))
     failed = pq.read_table(run_dir.fs.open(run_dir.failed_parts()[0])).to_pylist()
     assert [(f["uri"].rsplit("/", 1)[-1], f["stage"]) for f in failed] == [("strip.png", "infer")]
