@@ -100,6 +100,42 @@ def test_caption_equals_plain_generate_token_for_token(family, dirs):
         assert caption == caption.strip()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_questions_share_one_image_processor_pass(family, dirs, monkeypatch):
+    """Several prompts per image: one batch equal, tensor for tensor, to the processor's own
+    over every (image, prompt) pair (BLIP-2: the same unpadded tokens), made with one pass of
+    the image processor; each image's answers are what it gets alone."""
+    cap = load_captioner(dirs[family], device="cpu")
+    images = small_images()
+    prompts = [cap.prompt, "How many?", "Is there any text in this image?"]
+    pairs = [(im, p) for p in prompts for im in images]  # prompt-major
+    reference = cap.inputs([im for im, _ in pairs], [p for _, p in pairs])
+
+    image_processor = type(cap.processor.image_processor)
+    calls = []
+    original = image_processor.__call__
+
+    def counting(self, *args, **kw):
+        calls.append(1)
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(image_processor, "__call__", counting)
+    merged = cap.inputs_per_prompt(images, prompts)
+    assert len(calls) == 1
+    assert merged.keys() == reference.keys()
+    ours, theirs = merged["attention_mask"].bool(), reference["attention_mask"].bool()
+    for key, tensor in reference.items():
+        assert merged[key].shape == tensor.shape, key
+        if family == "blip2" and tensor.shape == ours.shape:  # its processor pads between the
+            for i in range(len(tensor)):  # query tokens and the text: the same tokens remain
+                assert torch.equal(merged[key][i][ours[i]], tensor[i][theirs[i]]), key
+        else:
+            assert torch.equal(merged[key], tensor), key
+    answers = cap.answers(images, prompts, max_tokens=4)
+    alone = [cap.generate([images[1]], [p], max_tokens=4)[0] for p in prompts]
+    assert answers[1] == alone
+
+
 def test_default_prompts_and_chat_templates(dirs):
     llava = load_captioner(dirs["llava"], device="cpu")
     assert llava.prompt == "Describe this image in one sentence."
@@ -184,20 +220,29 @@ def test_run_with_questions_then_search(family, dirs, corpus, tmp_path):
 def test_each_image_is_preprocessed_once_however_many_questions(
     dirs, corpus, tmp_path, monkeypatch
 ):
+    from transformers import CLIPImageProcessor  # the tiny LLaVA's
+
     calls: list[tuple[int, int]] = []
     generates: list[int] = []
-    preprocess, generate_ids = PromptedCaptioner.preprocess, PromptedCaptioner.generate_ids
+    image_passes: list[int] = []
+    preprocess, generate = PromptedCaptioner.preprocess, PromptedCaptioner._generate
+    process_images = CLIPImageProcessor.__call__
 
     def counting_preprocess(self, image):
         calls.append(image.size)
         return preprocess(self, image)
 
-    def counting_generate(self, images, prompts, *args, **kw):
-        generates.append(len(prompts))
-        return generate_ids(self, images, prompts, *args, **kw)
+    def counting_generate(self, inputs, *args, **kw):
+        generates.append(len(inputs["input_ids"]))
+        return generate(self, inputs, *args, **kw)
+
+    def counting_images(self, images, *args, **kw):
+        image_passes.append(len(images))
+        return process_images(self, images, *args, **kw)
 
     monkeypatch.setattr(PromptedCaptioner, "preprocess", counting_preprocess)
-    monkeypatch.setattr(PromptedCaptioner, "generate_ids", counting_generate)
+    monkeypatch.setattr(PromptedCaptioner, "_generate", counting_generate)
+    monkeypatch.setattr(CLIPImageProcessor, "__call__", counting_images)
     asks = (("a", "Is it red?"), ("b", "How many?"), ("c", "Is there text?"))
     config = RunConfig(
         source=str(corpus), output=str(tmp_path / "o"), captioner=dirs["llava"],
@@ -207,6 +252,7 @@ def test_each_image_is_preprocessed_once_however_many_questions(
     summary = run(config)
     assert summary.written == 5
     assert len(calls) == 5  # once per image, not once per (image, question)
+    assert image_passes == [5]  # the image processor: once, for the caption and 3 questions
     assert generates == [5 * 4]  # one generate call: the caption and 3 answers of 5 images
 
 

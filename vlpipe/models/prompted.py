@@ -12,8 +12,9 @@ than re-implementing each family's image tokens, is what makes vlpipe's output e
 `model.generate` on the processor's output, token for token (tests/test_prompted.py).
 
 Questions: every image of a batch is decoded and preprocessed once (`preprocess`, one PIL image
-per row); each (image, prompt) pair becomes one sequence of the same `generate` call, so the
-processor normalises that image once per prompt and the vision tower encodes it once per prompt.
+per row) and goes through the image processor once for all its prompts (prompted_batch.py); each
+(image, prompt) pair is one sequence of the same `generate` call, whose vision tower still
+encodes the image once per sequence.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from PIL import Image
 from vlpipe.errors import VlpipeError
 from vlpipe.models.base import Captioner, resolve_device, resolve_dtype
 from vlpipe.models.hf_load import from_pretrained, place, quiet
+from vlpipe.models.prompted_batch import image_processor_once, merge_batches
 from vlpipe.models.prompting import Prompting, settings_fingerprint
 
 #: processors that insert a model's image tokens themselves when the text has none
@@ -96,12 +98,23 @@ class PromptedCaptioner(Captioner):
     def answers(
         self, images: list[Image.Image], prompts: list[str], max_tokens: int | None = None
     ) -> list[list[str]]:
-        """For each image, one answer per prompt, all in one generate call: every image is
-        paired with every prompt, and was decoded and preprocessed once (`preprocess`)."""
-        pairs = [(im, p) for im in images for p in prompts]
-        texts = self.generate([im for im, _ in pairs], [p for _, p in pairs], max_tokens)
-        n = len(prompts)
-        return [texts[i * n : (i + 1) * n] for i in range(len(images))]
+        """For each image, one answer per prompt, all in one generate call; each image was
+        decoded and preprocessed once, and goes through the image processor once for all the
+        prompts (vlpipe.models.prompted_batch)."""
+        texts = self._decode(self._generate(self.inputs_per_prompt(images, prompts), max_tokens))
+        b = len(images)
+        return [[texts[j * b + i] for j in range(len(prompts))] for i in range(b)]
+
+    def inputs_per_prompt(self, images: list[Image.Image], prompts: list[str]) -> dict:
+        """One batch of every prompt with every image, prompt-major (row j * len(images) + i
+        pairs prompt j with image i), the images through the image processor once."""
+        if len(prompts) == 1:
+            return self.inputs(images, prompts * len(images))
+        texts = [self.text_for(p) for p in prompts]
+        with self._lock, quiet(), image_processor_once(self.processor):
+            parts = [self._process(images, [t] * len(images)) for t in texts]
+        pad = self.tokenizer.pad_token_id
+        return self._on_device(merge_batches(parts, pad if pad is not None else 0))
 
     def candidates(self, pixels, n: int, max_tokens: int | None = None) -> list[list[str]]:
         """n captions per image: the n best beams of a width-n beam search."""
@@ -123,9 +136,11 @@ class PromptedCaptioner(Captioner):
         max_tokens: int | None = None,
         beams: int = 1,
     ) -> list[list[int]]:
-        """The new token ids of each sequence (prompt and padding cut off); with beams > 1,
-        `beams` sequences per pair, best first."""
-        inputs = self.inputs(images, prompts)
+        """The new token ids of each (image, prompt) pair's sequence (prompt and padding cut
+        off); with beams > 1, `beams` sequences per pair, best first."""
+        return self._generate(self.inputs(images, prompts), max_tokens, beams)
+
+    def _generate(self, inputs: dict, max_tokens: int | None, beams: int = 1) -> list[list[int]]:
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
@@ -137,12 +152,18 @@ class PromptedCaptioner(Captioner):
         start = 0 if self.model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
         return [row[start:].tolist() for row in out.cpu()]
 
-    def inputs(self, images: list[Image.Image], prompts: list[str]):
-        """The processor's batch for these pairs, on the model's device and dtype."""
+    def inputs(self, images: list[Image.Image], prompts: list[str]) -> dict:
+        """The processor's batch for these (image, prompt) pairs, on the model's device."""
         texts = [self.text_for(p) for p in prompts]
         with self._lock, quiet():
-            batch = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
+            return self._on_device(self._process(images, texts))
+
+    def _process(self, images: list[Image.Image], texts: list[str]) -> dict:
+        batch = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
         batch.pop("labels", None)  # PaliGemma's processor adds them; generate needs none
+        return dict(batch)
+
+    def _on_device(self, batch: dict) -> dict:
         return {
             k: v.to(self.device, self.dtype if v.is_floating_point() else None)
             for k, v in batch.items()
