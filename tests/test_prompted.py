@@ -498,3 +498,23 @@ def test_ask_name_clashing_with_a_source_column(dirs, corpus, tmp_path):
     assert result.exit_code == 0, result.output
     [row] = read_rows(tmp_path / "tar-out")
     assert row["json.red"] == "from the tar" and isinstance(row["red"], str)
+
+
+def test_ask_about_a_hit_whose_image_is_gone(dirs, corpus, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("img0.png", "img1.png"):
+        (src / name).write_bytes((corpus / name).read_bytes())
+    out = tmp_path / "out"
+    made = cli("run", src, "-o", out, "--captioner", dirs["llava"], "--embedder", dirs["clip"],
+               "--max-caption-tokens", "3", "--no-progress")  # fmt: skip
+    assert made.exit_code == 0, made.output
+    (src / "img1.png").unlink()
+    result = cli("ask", "Why?", "--index", out, "-k", "2", "--json", "--max-tokens", "3")
+    assert result.exit_code == 0, result.output
+    by_uri = {a["uri"]: a for a in map(json.loads, result.output.splitlines())}
+    gone, kept = by_uri[str(src / "img1.png")], by_uri[str(src / "img0.png")]
+    assert gone["answer"] is None and gone["error"]
+    assert isinstance(kept["answer"], str) and "error" not in kept
+    table = cli("ask", "Why?", "--index", out, "-k", "2", "--max-tokens", "3")
+    assert "(no answer: " in table.output

@@ -92,7 +92,8 @@ class Asker:
         query = _check(about, "--about") if about is not None else question
         hits = self.searcher.search_text([query], k, where=where)[0]
         answers = [Answer(h.uri, None, h) for h in hits]
-        self._answer(question, answers, [_read_hit(h.uri) for h in hits])
+        min_side = self.captioner().image_size  # JPEGs decode reduced down to this, no further
+        self._answer(question, answers, [_read_hit(h.uri, min_side) for h in hits])
         return answers
 
     def about_images(self, question: str, images: list[Image.Image], uris: list[str]) -> list:
@@ -154,12 +155,12 @@ def _check(text: str | None, what: str) -> str:
     return text.strip()
 
 
-def _read_hit(uri: str):
+def _read_hit(uri: str, min_side: int):
     """(image, None), or (None, why) when the source cannot be read or decoded."""
     from vlpipe.reading.sources import ThumbnailError, read_source
     from vlpipe.transforms.decode import DecodeError, decode_image
 
     try:
-        return decode_image(read_source(uri, MAX_SOURCE_BYTES), 0).image, None
+        return decode_image(read_source(uri, MAX_SOURCE_BYTES), min_side).image, None
     except (ThumbnailError, DecodeError) as exc:
         return None, str(exc)
