@@ -8,15 +8,18 @@ out/
   failed/part-*.parquet rows per vlpipe.schema.FAILED_SCHEMA
   wds/part-*.tar       with --output-format webdataset: one tar shard beside each part
   _done/<key>.json     one marker per finished shard spec: its counts and the parts it wrote
-  _progress/<key>.json how far a worker is into a spec it has not finished (progress only)
+  _progress/<worker>.json  how many inputs each worker has seen so far (progress only)
+  _lease.json          the run that holds this output now: holder, host, heartbeat
   _plan/<key>.jsonl    the uris of a listing page a worker is to process
   index/               FAISS index, id map and meta.json (vlpipe.index)
   dedup/               clusters.parquet, summary.json, report.html, state/ (vlpipe.dedup)
 ```
 
 Markers are written after their parts, so a spec with a marker is done, and a part no marker
-names is the leftover of an interrupted spec. Readers here tolerate a corrupt part: they skip it
-and report it, so one bad file never takes down an index build or a resume.
+names is the leftover of an interrupted spec. Every file is written whole or not at all
+(vlpipe.storage.put: one PUT on object stores, a temp file and a rename elsewhere). Readers here
+tolerate a corrupt part: they skip it and report it, so one bad file never takes down an index
+build or a resume.
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlpipe.errors import VlpipeError
+from vlpipe.storage import (
+    TMP_PREFIX,
+    listing,
+    output_fs,
+    put,
+    reporting,
+    small_read_options,
+    storage_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +58,22 @@ WDS = "wds"
 DONE = "_done"
 PROGRESS = "_progress"
 PLAN = "_plan"
-TMP_PREFIX = ".tmp-"
+LEASE = "_lease.json"
 
 
 @dataclass
 class RunDir:
-    """A run's output directory; `path` may be a local path or any fsspec URL."""
+    """A run's output directory; `path` may be a local path or any fsspec URL. `private`: a
+    filesystem instance of its own (the driver's poller), never one a writer shares."""
 
     path: str
+    private: bool = False
     fs: fsspec.AbstractFileSystem = field(init=False, repr=False)
     root: str = field(init=False)
     corrupt: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        self.fs, self.root = fsspec.core.url_to_fs(self.path)
+        self.fs, self.root = output_fs(self.path, private=self.private)
         self.root = self.root.rstrip("/") or "/"
 
     def join(self, *names: str) -> str:
@@ -70,15 +84,11 @@ class RunDir:
         return self.fs.unstrip_protocol(self.join(*names))
 
     def exists(self) -> bool:
-        return self.fs.exists(self.root)
+        with reporting("check", self.fs, self.root):
+            return self.fs.exists(self.root)
 
     def _list(self, sub: str) -> list[str]:
-        folder = self.join(sub)
-        # Object stores' filesystems cache listings; other processes (workers) add parts.
-        self.fs.invalidate_cache(folder)
-        if not self.fs.exists(folder):
-            return []
-        names = self.fs.ls(folder, detail=False)
+        names = listing(self.fs, self.join(sub))
         return sorted(
             n
             for n in names
@@ -92,11 +102,17 @@ class RunDir:
         return self._list(FAILED)
 
     def read_manifest(self) -> dict | None:
-        name = self.join(MANIFEST)
-        if not self.fs.exists(name):
-            return None
-        with self.fs.open(name, "r") as f:
-            return json.load(f)
+        blob = self.read(MANIFEST)
+        return None if blob is None else json.loads(blob)
+
+    def read(self, *names: str) -> bytes | None:
+        """A small file's bytes, or None if it is not there (one GET)."""
+        path = self.join(*names)
+        with reporting("read", self.fs, path):
+            try:
+                return self.fs.cat_file(path, **small_read_options(self.fs))
+            except FileNotFoundError:
+                return None
 
     def require_manifest(self) -> dict:
         """manifest.json, or a one-line VlpipeError saying why this is not a run to read."""
@@ -111,10 +127,11 @@ class RunDir:
         return manifest
 
     def write_manifest(self, manifest: dict) -> None:
-        write_atomic(self.fs, self.join(MANIFEST), json.dumps(manifest, indent=2).encode())
+        put(self.fs, self.join(MANIFEST), json.dumps(manifest, indent=2).encode())
 
     def is_complete(self) -> bool:
-        return self.fs.exists(self.join(SUCCESS))
+        with reporting("check", self.fs, self.join(SUCCESS)):
+            return self.fs.exists(self.join(SUCCESS))
 
     def open_part(self, path: str) -> pq.ParquetFile | None:
         """A part's ParquetFile, or None (and a warning, and a note in `corrupt`) if unreadable."""
@@ -159,7 +176,7 @@ class RunDir:
         if not keys:
             return {}
         paths = [self.join(DONE, f"{k}.json") for k in keys]
-        blobs = self.fs.cat(paths, on_error="omit") if len(paths) > 1 else self._cat_one(paths[0])
+        blobs = self._cat(paths)
         out = {}
         for blob in blobs.values():
             try:
@@ -169,56 +186,81 @@ class RunDir:
             out[marker["key"]] = marker
         return out
 
-    def _cat_one(self, path: str) -> dict[str, bytes]:
+    def _cat(self, paths: list[str]) -> dict[str, bytes]:
+        """The bytes of these small files (concurrent GETs); files that are gone are left out,
+        any other error is raised."""
+        out = {}
+        with reporting("read", self.fs, paths[0]):
+            if len(paths) == 1:
+                blobs = [self._cat_one(paths[0])]
+            else:  # concurrent GETs, one per file (fs.cat would first HEAD each one)
+                options = small_read_options(self.fs)
+                blobs = self.fs.cat_ranges(paths, None, None, on_error="return", **options)
+            for path, blob in zip(paths, blobs, strict=True):
+                if isinstance(blob, FileNotFoundError):
+                    continue
+                if isinstance(blob, BaseException):
+                    raise storage_error("read", self.fs, path, blob) from blob
+                out[path] = blob
+        return out
+
+    def _cat_one(self, path: str) -> bytes | FileNotFoundError:
         try:
-            return {path: self.fs.cat_file(path)}
-        except FileNotFoundError:
-            return {}
+            return self.fs.cat_file(path, **small_read_options(self.fs))
+        except FileNotFoundError as exc:
+            return exc
 
     def write_marker(self, marker: dict) -> None:
-        write_atomic(self.fs, self.join(DONE, f"{marker['key']}.json"), json.dumps(marker).encode())
+        put(self.fs, self.join(DONE, f"{marker['key']}.json"), json.dumps(marker).encode())
 
-    def write_progress(self, key: str, seen: int) -> None:
-        write_atomic(self.fs, self.join(PROGRESS, f"{key}.json"), json.dumps(seen).encode())
+    def write_progress(self, worker: str, state: dict) -> None:
+        """One object per worker (never per spec), so a poll costs a listing and a read per
+        worker however many specs the run has."""
+        put(self.fs, self.join(PROGRESS, f"{worker}.json"), json.dumps(state).encode())
 
-    def progress(self) -> dict[str, int]:
-        """Inputs seen so far by each spec a worker is in the middle of."""
+    def progress(self) -> dict[str, dict]:
+        """Each worker's progress object (see write_progress), by worker."""
         names = [n for n in self._names(PROGRESS) if n.endswith(".json")]
         if not names:
             return {}
-        blobs = self.fs.cat([self.join(PROGRESS, n) for n in names], on_error="omit")
         out = {}
-        for path, blob in blobs.items():
+        for path, blob in self._cat([self.join(PROGRESS, n) for n in names]).items():
             try:
-                out[posixpath.basename(path)[: -len(".json")]] = int(json.loads(blob))
-            except (ValueError, TypeError):
+                state = json.loads(blob)
+            except ValueError:
                 continue
+            if isinstance(state, dict):
+                out[posixpath.basename(path)[: -len(".json")]] = state
         return out
 
     def remove(self, *names: str) -> None:
         path = self.join(*names)
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        with reporting("remove", self.fs, path):
+            try:
+                self.fs.rm(path, recursive=True)
+            except FileNotFoundError:
+                pass
+
+    def remove_file(self, *names: str) -> None:
+        """One file, one DELETE (no listing); nothing to do if it is not there."""
+        path = self.join(*names)
+        with reporting("remove", self.fs, path):
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
+                pass
 
     def sizes(self, sub: str) -> dict[str, int]:
         """Part file names and sizes in parts/ or failed/, from one listing."""
-        folder = self.join(sub)
-        self.fs.invalidate_cache(folder)
-        if not self.fs.exists(folder):
-            return {}
         out = {}
-        for info in self.fs.ls(folder, detail=True):
+        for info in listing(self.fs, self.join(sub), detail=True):
             name = posixpath.basename(info["name"].rstrip("/"))
             if info.get("type") == "file" and not name.startswith(TMP_PREFIX):
                 out[name] = int(info.get("size") or 0)
         return out
 
     def _names(self, sub: str) -> list[str]:
-        folder = self.join(sub)
-        self.fs.invalidate_cache(folder)
-        if not self.fs.exists(folder):
-            return []
-        return [posixpath.basename(n.rstrip("/")) for n in self.fs.ls(folder, detail=False)]
+        return [posixpath.basename(n.rstrip("/")) for n in listing(self.fs, self.join(sub))]
 
     def part_ids(self, names: list[str], failed: bool = False) -> set[str]:
         """The image ids held by the named parts (a spec's own few, never the whole run)."""
@@ -248,15 +290,9 @@ class RunDir:
 
 
 def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> int:
-    """Write to a temp name beside `path`, then rename, so readers never see half a file.
-    Returns the size written (callers record it without asking the filesystem again)."""
-    folder, name = posixpath.split(path)
-    tmp = posixpath.join(folder, f"{TMP_PREFIX}{name}")
-    fs.makedirs(folder, exist_ok=True)
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
-    return len(data)
+    """Readers never see half a file (see vlpipe.storage.put). Returns the size written, which
+    callers record without asking the filesystem again."""
+    return put(fs, path, data)
 
 
 def write_table_atomic(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> int:

@@ -23,10 +23,19 @@ class VlpipeGroup(click.Group):
         except VlpipeError as exc:
             raise click.ClickException(str(exc)) from None
         except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            raise click.ClickException(f"{exc.strerror}: {exc.filename}") from None
+            raise click.ClickException(os_error_line(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def os_error_line(exc: OSError) -> str:
+    """`No such file or directory: out/x`, or the error's own words where it has no strerror
+    (s3fs raises FileNotFoundError("out/x") with neither strerror nor filename)."""
+    if exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    text = " ".join(str(exc).split()) or exc.strerror or ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @click.group(cls=VlpipeGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from vlpipe.storage import DEFAULT_RETRIES
 from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
 
 
@@ -87,6 +88,15 @@ from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
     is_flag=True,
     help="A local --output that every worker of a remote runner mounts (else refused).",
 )
+@click.option(
+    "--storage-retries", type=int, default=DEFAULT_RETRIES, show_default=True,
+    help="Attempts per storage request (S3: botocore's standard mode, exponential backoff with "
+    "jitter) before a transient error (503 SlowDown, 5xx, dropped connection) fails the run.",
+)  # fmt: skip
+@click.option(
+    "--take-over", is_flag=True,
+    help="Take --output from the run that holds its lease (one that is surely gone).",
+)  # fmt: skip
 @click.option("--no-index", is_flag=True, help="Do not build the FAISS index at the end.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -121,6 +131,8 @@ def command(ctx: click.Context, source: str, output: str, **kw) -> None:
         overwrite=kw["overwrite"],
         retry_failed=kw["retry_failed"],
         shared_output=kw["shared_output"],
+        storage_retries=kw["storage_retries"],
+        take_over=kw["take_over"],
         build_index=not kw["no_index"],
         progress=not kw["no_progress"],
         beam_args=list(ctx.args),

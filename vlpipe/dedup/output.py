@@ -4,7 +4,6 @@ keep list, and how search and serve read them back (read_clusters)."""
 from __future__ import annotations
 
 import json
-import posixpath
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +11,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vlpipe.dedup.graph import METHODS, Clusters
-from vlpipe.rundir import CLUSTERS, DEDUP, TMP_PREFIX, RunDir, write_atomic
+from vlpipe.rundir import CLUSTERS, DEDUP, RunDir, write_atomic
+from vlpipe.storage import open_for_write
 
 SUMMARY = "summary.json"
 SLICE_ROWS = 1_000_000  # rows of Arrow strings made at a time while writing
@@ -31,11 +31,11 @@ CLUSTER_SCHEMA = pa.schema(
 
 def write_clusters(run: RunDir, ids: pa.ChunkedArray, c: Clusters, nearest, nearest_sim) -> None:
     """Written in slices so at 10M rows only a slice's strings exist at a time."""
-    fs, path = run.fs, run.join(CLUSTERS)
-    tmp = run.join(DEDUP, TMP_PREFIX + posixpath.basename(CLUSTERS))
-    fs.makedirs(run.join(DEDUP), exist_ok=True)
     methods = pa.array(METHODS)
-    with fs.open(tmp, "wb") as f, pq.ParquetWriter(f, CLUSTER_SCHEMA, compression="zstd") as w:
+    with (
+        open_for_write(run.fs, run.join(CLUSTERS)) as f,
+        pq.ParquetWriter(f, CLUSTER_SCHEMA, compression="zstd") as w,
+    ):
         for start in range(0, len(c.component), SLICE_ROWS):
             s = slice(start, start + SLICE_ROWS)
             near = nearest[s]
@@ -54,7 +54,6 @@ def write_clusters(run: RunDir, ids: pa.ChunkedArray, c: Clusters, nearest, near
                 schema=CLUSTER_SCHEMA,
             )
             w.write_table(table)
-    fs.mv(tmp, path)
 
 
 def write_summary(run: RunDir, summary: dict) -> None:

@@ -8,6 +8,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from vlpipe.errors import VlpipeError
 from vlpipe.models.prompting import Prompting
+from vlpipe.storage import DEFAULT_RETRIES
 from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, Filters
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
@@ -41,6 +42,8 @@ class RunConfig:
     shared_output: bool = False  # the user says a local --output is a mount every worker sees
     build_index: bool = True
     progress: bool = True
+    storage_retries: int = DEFAULT_RETRIES  # attempts per storage request (vlpipe.storage)
+    take_over: bool = False  # take the output's lease from a run that still holds it
     beam_args: list[str] = field(default_factory=list)
     prompting: Prompting = field(default_factory=Prompting)  # --prompt, --ask, --candidates
 
@@ -57,6 +60,7 @@ class RunConfig:
             (self.decode_threads >= 1, "--decode-threads must be at least 1"),
             (self.shard_size >= 1, "--shard-size must be at least 1"),
             (self.workers >= 1, "--workers must be at least 1"),
+            (self.storage_retries >= 1, "--storage-retries must be at least 1"),
             (self.max_pixels >= 1, "--max-pixels must be at least 1"),
             (self.min_size >= 0, "--min-size must be 0 (off) or more"),
             (self.max_aspect == 0 or self.max_aspect >= 1, "--max-aspect must be 0 (off) or >= 1"),

@@ -31,6 +31,7 @@ from vlpipe.rundir import (
     write_table_atomic,
 )
 from vlpipe.schema import STAGE_FILTER
+from vlpipe.storage import StorageError, is_object_store, listing, put
 from vlpipe.transforms.decode import Filters
 from vlpipe.transforms.shard import ShardWork
 from vlpipe.transforms.write import is_part_name, part_name
@@ -68,14 +69,14 @@ def check_output(run: RunDir, model_config: dict, overwrite: bool) -> None:
 
 
 def check_writable(run: RunDir) -> None:
+    """A write and a delete before any work starts, so that a permanent error (access denied, no
+    such bucket, a read-only disk) fails the run at planning, in one line."""
     probe = run.join(f".vlpipe-write-test-{time.time_ns()}")
     try:
-        run.fs.makedirs(run.root, exist_ok=True)
-        with run.fs.open(probe, "wb") as f:
-            f.write(b"ok")
-        run.fs.rm(probe)
-    except OSError as exc:
-        raise VlpipeError(f"cannot write to output {run.path}: {exc.strerror or exc}") from None
+        put(run.fs, probe, b"ok")
+        run.remove_file(posixpath.basename(probe))
+    except StorageError as exc:
+        raise VlpipeError(f"cannot write to output {run.path}: {exc}") from None
 
 
 def clear(run: RunDir) -> None:
@@ -83,7 +84,7 @@ def clear(run: RunDir) -> None:
     for name in (PARTS, FAILED, WDS, INDEX, DONE, PROGRESS, PLAN, "_work"):
         run.remove(name)
     for name in (MANIFEST, SUCCESS):
-        run.remove(name)
+        run.remove_file(name)
 
 
 @dataclass
@@ -229,10 +230,11 @@ def _set_aside(run: RunDir, sub: str, name: str) -> str:
 
 
 def remove_temp_files(run: RunDir) -> None:
-    """A run killed mid-write leaves `.tmp-` files (never read as parts); clear them away."""
+    """A run killed mid-write leaves `.tmp-` files (never read as parts); clear them away. Object
+    stores get no temp objects (writes go to their final keys), so they need no listing here."""
+    if is_object_store(run.fs):
+        return
     for folder in (run.root, run.join(PARTS), run.join(FAILED), run.join(DONE), run.join(WDS)):
-        run.fs.invalidate_cache(folder)
-        if run.fs.exists(folder):
-            for path in run.fs.ls(folder, detail=False):
-                if posixpath.basename(path).startswith(TMP_PREFIX):
-                    run.fs.rm(path)
+        for path in listing(run.fs, folder):
+            if posixpath.basename(path).startswith(TMP_PREFIX):
+                run.fs.rm(path)

@@ -11,6 +11,7 @@ images; it opens no image and no tar, and loads no model weights.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ from vlpipe.models.describe import describe_models
 from vlpipe.models.precision import Precision, resolve_precision
 from vlpipe.models.prompting import check_columns, model_fields
 from vlpipe.models.registry import bf16_measured_on_cpu
+from vlpipe.pipeline.lease import acquire
 from vlpipe.pipeline.options import RunConfig, make_pipeline
 from vlpipe.pipeline.progress import ProgressMonitor
 from vlpipe.pipeline.resume import LAYOUT_VERSION, Resume, check_output
@@ -30,6 +32,7 @@ from vlpipe.reading.records import save_page
 from vlpipe.reading.specs import KIND_MANIFEST, KIND_PAGE, ShardSpec
 from vlpipe.rundir import PLAN, PROGRESS, SUCCESS, RunDir, write_atomic
 from vlpipe.schema import RESERVED_COLUMNS, SCHEMA_VERSION
+from vlpipe.storage import StorageError, configure_retries
 from vlpipe.transforms.handlers import VlpipeModelHandler
 from vlpipe.transforms.shard import ProcessShard, ShardOptions, ShardWork
 
@@ -40,6 +43,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     """The whole `vlpipe run`; raises VlpipeError for anything the user can fix."""
     config.validate()
     started = time.time()
+    configure_retries(config.storage_retries)
     run_dir = RunDir(config.output)
     models = describe_models(config.captioner, config.embedder, config.prompting)  # configs only
     precision = driver_precision(config)
@@ -48,11 +52,26 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
         from vlpipe.models.scorers import describe_scores
 
         models["scorers"] = describe_scores(config.score_specs(), models["embedder"]["dim"])
+    lease = acquire(run_dir, config.take_over)  # one run per output, before anything changes
+    try:
+        return _run(config, echo, run_dir, models, precision, started)
+    finally:
+        lease.release()
+
+
+def _run(
+    config: RunConfig,
+    echo: Callable[[str], None],
+    run_dir: RunDir,
+    models: dict,
+    precision: Precision,
+    started: float,
+) -> RunSummary:
     check_output(run_dir, config.model_config(), config.overwrite)
     forget_cached_listings(config.source)
     # The manifest goes first, _SUCCESS goes: a kill at any later point leaves a resumable run.
     run_dir.write_manifest(manifest(config, models, started, "running", precision=precision))
-    run_dir.remove(SUCCESS)
+    run_dir.remove_file(SUCCESS)
     resume = Resume.load(run_dir, config.retry_failed, config.filters())
     specs, todo = plan_work(config, run_dir, resume)
     echo(
@@ -61,9 +80,9 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
         + ("" if all(config.mode().values()) else f" ({_mode_name(config)})")
         + f"; precision {precision.describe()}"
     )
-    timings = run_shards(config, run_dir, todo, models["embedder"]["dim"]) if todo else {}
+    if todo:
+        run_shards(config, todo, models["embedder"]["dim"])
     summary = count(run_dir, specs, {w.spec.key for w in todo}, time.time() - started)
-    summary.timings = timings
     summary.corrupt_parts = resume.corrupt + summary.corrupt_parts
     if summary.seen == 0:
         raise VlpipeError(f"no images found in {config.source}")
@@ -176,10 +195,9 @@ def make_handler(config: RunConfig) -> VlpipeModelHandler:
     )
 
 
-def run_shards(
-    config: RunConfig, run_dir: RunDir, todo: list[ShardWork], dim: int
-) -> dict[str, float]:
-    """The Beam pipeline over the specs to do; progress comes from markers under --output."""
+def run_shards(config: RunConfig, todo: list[ShardWork], dim: int) -> None:
+    """The Beam pipeline over the specs to do; progress comes from the workers' progress
+    objects under --output. A worker's storage error ends the run in one line."""
     import apache_beam as beam
 
     options = ShardOptions(
@@ -193,10 +211,11 @@ def run_shards(
         config.thumbnail_px,
         config.output_format,
         (*model_fields(config.prompting), *config.score_fields()),
+        config.storage_retries,
     )
     counts = [w.spec.count for w in todo]
     total = sum(counts) if None not in counts else None
-    monitor = ProgressMonitor(run_dir, {w.spec.key for w in todo}, total, config.progress)
+    monitor = ProgressMonitor(config.output, total, config.progress)
     monitor.start()
     try:
         pipeline = make_pipeline(config, n_shards=len(todo))
@@ -208,11 +227,29 @@ def run_shards(
                     | "Spread" >> beam.Reshuffle()
                     | "ProcessShard" >> beam.ParDo(ProcessShard(make_handler(config), options))
                 )
+        except Exception as exc:
+            storage = worker_storage_error(exc)
+            if storage is None:
+                raise
+            raise VlpipeError(f"{storage} (a rerun resumes where this run stopped)") from exc
         finally:
             close_runner_client(getattr(pipeline, "result", None))
     finally:
         monitor.stop()
-    return monitor.timings()
+
+
+def worker_storage_error(exc: BaseException) -> str | None:
+    """The one line of a worker's StorageError, however the runner passed it on (the exception
+    itself, or the text of a remote traceback)."""
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, StorageError):
+            return str(err).split("\n", 1)[0].split(" [while running", 1)[0]
+        err = err.__cause__ or err.__context__
+    found = re.search(r"StorageError: ([^\n]+)", str(exc))
+    return found.group(1).split(" [while running", 1)[0].strip() if found else None
 
 
 def close_runner_client(result) -> None:
@@ -259,6 +296,7 @@ def manifest(
             "precision_requested": config.precision,
             "precision_reason": precision.reason if precision else None,
             "workers": config.workers,
+            "storage_retries": config.storage_retries,
             "beam_args": config.beam_args,
         },
     }

@@ -11,6 +11,8 @@ from vlpipe.reading.specs import ShardSpec
 from vlpipe.rundir import FAILED, PARTS, RunDir
 
 FLAG_ORDER = tuple(FLAGS)
+#: seconds each spec's worker spent per stage, as its done marker records them
+TIMINGS = ("decode_s", "infer_s", "write_s")
 
 
 @dataclass
@@ -94,6 +96,7 @@ def count(run: RunDir, specs: list[ShardSpec], worked: set[str], seconds: float)
     total = Counter()
     reasons: Counter = Counter()
     flags: Counter = Counter()
+    clock: Counter = Counter()
     for spec in specs:
         marker = markers.get(spec.key)
         if not (marker and marker["done"] and marker["digest"] == spec.digest):
@@ -105,6 +108,7 @@ def count(run: RunDir, specs: list[ShardSpec], worked: set[str], seconds: float)
             total[key] += marker[key]
         if spec.key in worked:
             total["processed"] += marker["processed"]
+            clock.update({k: marker.get(k, 0.0) for k in TIMINGS})
         reasons.update(marker["reasons"])
         flags.update(marker.get("flags") or {})
         total["missing_parts"] += sum(n not in sizes[PARTS] for n in marker["parts"])
@@ -118,6 +122,7 @@ def count(run: RunDir, specs: list[ShardSpec], worked: set[str], seconds: float)
         duplicates=total["duplicates"],
         reasons=dict(reasons),
         seconds=seconds,
+        timings={k: round(clock[k], 3) for k in TIMINGS} if worked else {},
         lost=total["lost"],
         missing_parts=total["missing_parts"],
         corrupt_parts=list(run.corrupt),

@@ -28,12 +28,14 @@ import apache_beam as beam
 from vlpipe.images.quality import flag_counts
 from vlpipe.reading.records import spec_records
 from vlpipe.reading.specs import Record, ShardSpec
-from vlpipe.rundir import FAILED, PARTS, PROGRESS, WDS, RunDir
+from vlpipe.rundir import FAILED, PARTS, WDS, RunDir
 from vlpipe.schema import STAGE_INFER
+from vlpipe.storage import DEFAULT_RETRIES, configure_retries
 from vlpipe.transforms.decode import Filters
 from vlpipe.transforms.devices import worker_device
 from vlpipe.transforms.handlers import Models, PreparedImage, VlpipeModelHandler
 from vlpipe.transforms.prefetch import prepare_ahead
+from vlpipe.transforms.progress import WorkerProgress
 from vlpipe.transforms.wds import WdsWriter
 from vlpipe.transforms.write import (
     failure_row,
@@ -58,6 +60,7 @@ class ShardOptions:
     thumbnail_px: int = 0  # store a JPEG thumbnail this size per row; 0: none
     output_format: str = "parquet"  # or "webdataset": tar shards beside the parts
     model_fields: tuple = ()  # pa.Fields of the columns the models add (--ask, --candidates)
+    storage_retries: int = DEFAULT_RETRIES  # attempts per storage request (vlpipe.storage)
 
 
 @dataclass(frozen=True)
@@ -79,11 +82,16 @@ class ProcessShard(beam.DoFn):
 
     def setup(self) -> None:
         # One model per worker process, shared by its threads; with K GPUs, worker i -> cuda:i%K.
+        configure_retries(self._options.storage_retries)  # a remote worker has no driver config
         handler = self._handler.on_device(worker_device(self._handler.device))
         self._models = handler.load_model()
+        self._progress = WorkerProgress(RunDir(self._options.output))
 
     def process(self, work: ShardWork):
-        yield process_shard(work, self._models, self._handler, self._options)
+        yield process_shard(work, self._models, self._handler, self._options, self._progress)
+
+    def finish_bundle(self) -> None:
+        self._progress.flush()  # a side effect only: nothing is emitted here (see above)
 
 
 class _Tally:
@@ -124,13 +132,18 @@ class _Tally:
 
 
 def process_shard(
-    work: ShardWork, models: Models, handler: VlpipeModelHandler, options: ShardOptions
+    work: ShardWork,
+    models: Models,
+    handler: VlpipeModelHandler,
+    options: ShardOptions,
+    progress: WorkerProgress | None = None,
 ) -> dict:
     """Read, decode ahead of the model, infer in batches, write a part every shard_size inputs,
     then the done marker."""
     run = RunDir(options.output)
+    progress = progress or WorkerProgress(run)
     tally = _Tally(run, work)
-    parts = _Parts(run, work.spec, models, handler, options, tally)
+    parts = _Parts(run, work.spec, models, handler, options, tally, progress)
     records = tally.fresh(spec_records(work.spec))
     for record, item, seconds in prepare_ahead(records, models, options):
         parts.clock["decode_s"] += seconds
@@ -138,16 +151,16 @@ def process_shard(
     parts.close()
     marker = _marker(work.spec, tally, parts.written, parts.clock, options.filters)
     run.write_marker(marker)
-    run.remove(PROGRESS, f"{work.spec.key}.json")
+    progress.finish(work.spec.key, marker["seen"])
     return marker
 
 
 class _Parts:
     """Batches prepared images through the model and writes a part every shard_size inputs."""
 
-    def __init__(self, run, spec, models, handler, options, tally):
+    def __init__(self, run, spec, models, handler, options, tally, progress):
         self.run, self.spec, self.models, self.handler = run, spec, models, handler
-        self.options, self.tally = options, tally
+        self.options, self.tally, self.progress = options, tally, progress
         self.clock = Counter()
         self.written: dict[str, dict] = {PARTS: {}, FAILED: {}, WDS: {}}
         self.extra_fields: list | None = None  # the source's column types, for the parts
@@ -228,7 +241,7 @@ class _Parts:
             self.written[WDS][posixpath.basename(self.wds.path)] = self.wds.close()
             self.wds = None
         self.results, self.failures, self.ids = [], [], []
-        self.run.write_progress(self.spec.key, len(self.tally.seen))
+        self.progress.update(self.spec.key, len(self.tally.seen))
         self.clock["write_s"] += time.perf_counter() - start
 
 

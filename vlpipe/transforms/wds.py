@@ -3,9 +3,11 @@
 Why: training code reads WebDataset (sequential tar reads, no random access, no Parquet
 dependency), so each result part also gets `wds/<part>.tar` holding per row the source image
 bytes, the caption, the row as JSON and the embedding as .npy. The Parquet parts stay the
-source of truth (resume, index, search read only those); a shard is derived output, written the
-same atomic way (temp name beside it, then rename) and byte-identical for the same rows, so a
-Beam retry of a part rewrites the same shard.
+source of truth (resume, index, search read only those); a shard is derived output, written
+whole or not at all and byte-identical for the same rows, so a Beam retry of a part rewrites the
+same shard. Its name is known only when the part ends, so it streams to a temp file first: beside
+it on a local disk (then renamed), on the worker's own disk for an object store (then uploaded
+to its final key in one request: object stores have no rename, only a copy and a delete).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 import posixpath
 import tarfile
+import tempfile
 from decimal import Decimal
 from typing import IO, Any
 
@@ -22,7 +26,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from vlpipe.rundir import TMP_PREFIX
+from vlpipe.storage import TMP_PREFIX, is_object_store, reporting
 
 #: file extension of a sample's image by the row's `format` (Pillow's name); others get "img"
 EXTENSIONS = {
@@ -110,6 +114,7 @@ class WdsWriter:
         self.count = 0
         self._file: IO[bytes] | None = None
         self._tar: tarfile.TarFile | None = None
+        self._spool: str | None = None  # the local temp file (object stores)
         self._done = False
 
     def add(self, row: dict, image: bytes) -> None:
@@ -144,11 +149,17 @@ class WdsWriter:
             return 0
         try:
             self._finish()
-            self.fs.mv(self.tmp, self.path)
-            return self.fs.size(self.path)
+            with reporting("write", self.fs, self.path):
+                if self._spool is None:
+                    self.fs.mv(self.tmp, self.path)
+                    return self.fs.size(self.path)
+                self.fs.put_file(self._spool, self.path)
+                return os.path.getsize(self._spool)
         except BaseException:
             self.abort()
             raise
+        finally:
+            self._drop_spool()
 
     def abort(self) -> None:
         """Drop the shard: the temp file is removed, the final name never written."""
@@ -157,14 +168,24 @@ class WdsWriter:
             self._finish()
         except Exception:  # noqa: BLE001 - the file is being thrown away anyway
             pass
-        if self.fs.exists(self.tmp):
+        if self._spool is not None:
+            self._drop_spool()
+        elif self.fs.exists(self.tmp):
             self.fs.rm(self.tmp)
+
+    def _drop_spool(self) -> None:
+        if self._spool is not None and os.path.exists(self._spool):
+            os.remove(self._spool)
 
     def _open(self) -> tarfile.TarFile:
         if self._tar is None:
-            if self.folder:
-                self.fs.makedirs(self.folder, exist_ok=True)
-            self._file = self.fs.open(self.tmp, "wb")
+            if is_object_store(self.fs):
+                fd, self._spool = tempfile.mkstemp(prefix="vlpipe-wds-", suffix=".tar")
+                self._file = os.fdopen(fd, "wb")
+            else:
+                if self.folder:
+                    self.fs.makedirs(self.folder, exist_ok=True)
+                self._file = self.fs.open(self.tmp, "wb")
             self._tar = tarfile.open(fileobj=self._file, mode="w|", format=tarfile.PAX_FORMAT)
         return self._tar
 
