@@ -93,13 +93,14 @@ def test_a_write_is_one_put_to_its_final_key(s3_server):  # noqa: F811
 
 
 def test_a_poll_costs_requests_per_worker_not_per_spec(s3_server):  # noqa: F811
-    """2,500 done markers (more than two listing pages) and two workers' progress objects: a
-    poll reads the progress objects only: one listing and one read per worker."""
+    """1,200 done markers (more than one listing page) and two workers' progress objects: a
+    poll reads the progress objects only: one read per worker (and a listing of `_progress/`
+    the first time and every few polls, to find new workers)."""
     from vlpipe.pipeline.progress import ProgressMonitor, poll_interval
 
     fs = s3_server.fs()
     fs.mkdir("polls")
-    fs.pipe({f"polls/out/_done/{i:020x}.json": b'{"done": true}' for i in range(2500)})
+    fs.pipe({f"polls/out/_done/{i:020x}.json": b'{"done": true}' for i in range(1200)})
     run = RunDir("s3://polls/out")
     run.write_progress("w1", {"seen": 700})
     run.write_progress("w2", {"seen": 42})
@@ -108,8 +109,9 @@ def test_a_poll_costs_requests_per_worker_not_per_spec(s3_server):  # noqa: F811
         assert monitor.seen() == 742
         assert proxy.total() == 3, proxy.log  # LIST _progress/ + GET w1 + GET w2
         proxy.reset()
-        assert monitor.seen() == 742 and proxy.total() == 3
-    assert poll_interval(0) == 1.0 and poll_interval(600) == 12.0 and poll_interval(1e5) == 30.0
+        run.write_progress("w1", {"seen": 800})  # straight to the server, not counted
+        assert monitor.seen() == 842 and dict(proxy.counts) == {"GET": 2}, proxy.log
+    assert poll_interval(0) == 2.0 and poll_interval(600) == 30.0 and poll_interval(100) == 5.0
 
 
 def test_the_client_retries_transient_faults(s3_server):  # noqa: F811

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from vlpipe.errors import VlpipeError
 from vlpipe.storage import (
     TMP_PREFIX,
+    is_object_store,
     listing,
     output_fs,
     put,
@@ -218,13 +219,16 @@ class RunDir:
         worker however many specs the run has."""
         put(self.fs, self.join(PROGRESS, f"{worker}.json"), json.dumps(state).encode())
 
-    def progress(self) -> dict[str, dict]:
-        """Each worker's progress object (see write_progress), by worker."""
-        names = [n for n in self._names(PROGRESS) if n.endswith(".json")]
-        if not names:
+    def progress(self, workers: list[str] | None = None) -> dict[str, dict]:
+        """Each worker's progress object (see write_progress), by worker: those of `workers`
+        (one GET each), or of every worker (a listing first)."""
+        if workers is None:
+            workers = [n[: -len(".json")] for n in self._names(PROGRESS) if n.endswith(".json")]
+        if not workers:
             return {}
+        paths = [self.join(PROGRESS, f"{w}.json") for w in workers]
         out = {}
-        for path, blob in self._cat([self.join(PROGRESS, n) for n in names]).items():
+        for path, blob in self._cat(paths).items():
             try:
                 state = json.loads(blob)
             except ValueError:
@@ -234,12 +238,16 @@ class RunDir:
         return out
 
     def remove(self, *names: str) -> None:
+        """A folder and all it holds (on object stores: one listing and one batched delete)."""
         path = self.join(*names)
         with reporting("remove", self.fs, path):
-            try:
-                self.fs.rm(path, recursive=True)
-            except FileNotFoundError:
-                pass
+            if not is_object_store(self.fs):
+                if self.fs.exists(path):
+                    self.fs.rm(path, recursive=True)
+                return
+            found = self.fs.find(path, withdirs=False)
+            if found:
+                self.fs.rm(found)
 
     def remove_file(self, *names: str) -> None:
         """One file, one DELETE (no listing); nothing to do if it is not there."""

@@ -78,7 +78,11 @@ def acquire(
 ) -> Lease:
     """The output's lease for this run, or a VlpipeError naming the run that holds it."""
     body = new_body()
-    if put_new(run.fs, run.join(LEASE), encode(body)):
+    try:
+        created = put_new(run.fs, run.join(LEASE), encode(body))
+    except StorageError as exc:  # the first write of a run: a permanent error shows here
+        raise VlpipeError(f"cannot write to output {run.path}: {exc}") from None
+    if created:
         return Lease(run, body, heartbeat).start()
     held = read_lease(run)
     gone = why_gone(held, timeout)

@@ -1,0 +1,243 @@
+"""Storage requests of `vlpipe run` on S3, counted at a proxy, and the cost of one progress poll.
+
+1. The issue's runs, each as a `vlpipe run` process against the local S3 server (moto) through
+   the counting proxy of tests/s3_proxy.py, with 1-30 ms added to every request (what a real
+   bucket answers in): 6 WebDataset tars of 100 images (`s3://photos/shards/{00000..00005}.tar`,
+   --shard-size 100) and a listing of 300 loose JPEGs (--shard-size 100). Requests by kind
+   (HEAD, LIST, GET, PUT, POST, DELETE) per spec and per 1,000 images, and by area of the output.
+   Goal: at most 20 requests per spec. Tiny random BLIP/CLIP models (built offline, as in the
+   tests) keep inference short; the model does not change what is asked of storage.
+2. One driver poll at 100,000 done markers (simulated: put straight into the server's memory)
+   and 2 workers' progress objects: requests per poll (goal under 5) and its wall time (goal
+   under 1 s; a timing: on a shared machine, mark it so).
+
+`--tree DIR` runs another checkout of vlpipe (e.g. a `git worktree` of the commit before a
+change) with the same data and the same proxy: the "before" figures. Its results go to
+bench/results/storage_requests-LABEL.json.
+
+    python -m bench.storage_requests [--tree DIR --label before] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench.common import REPO, Report
+
+KINDS = ("HEAD", "LIST", "GET", "PUT", "POST", "DELETE")
+MARKERS = 100_000
+
+POLL_SCRIPT = r"""
+import json, sys, time
+from vlpipe.rundir import RunDir
+from vlpipe.pipeline import progress
+out, n = sys.argv[1], int(sys.argv[2])
+if hasattr(progress.ProgressMonitor, "seen"):  # per-worker progress objects
+    monitor = progress.ProgressMonitor(out, None, False)
+    poll = monitor.seen
+else:  # before: lists _done/ on every poll while a spec is still running
+    class Bar:
+        n = 0
+        def update(self, k): self.n += k
+    keys = {f"{i:020x}" for i in range(n)} | {"still-running"}
+    monitor = progress.ProgressMonitor(RunDir(out), keys, None, False)
+    monitor.done = {k: {"seen": 1, "done": True} for k in keys if k != "still-running"}
+    bar = Bar()
+    poll = lambda: monitor._poll(bar)
+poll()  # connections opened, imports done
+print("READY", flush=True)
+sys.stdin.readline()
+start = time.perf_counter()
+poll()
+print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tree", default=str(REPO), help="the vlpipe checkout to run")
+    parser.add_argument("--label", default="", help="results name suffix (e.g. before)")
+    parser.add_argument("--quick", action="store_true", help="small corpora, 10k markers")
+    args = parser.parse_args()
+    tree = Path(args.tree).resolve()
+    name = "storage_requests" + (f"-{args.label}" if args.label else "")
+    report = Report(name, f"S3 requests of vlpipe run, counted at a proxy ({tree.name})")
+    with tempfile.TemporaryDirectory() as tmp, s3_server() as endpoint:
+        models = tiny_models(Path(tmp))
+        n_tars, per_tar, loose = (2, 20, 40) if args.quick else (6, 100, 300)
+        shard = 10 if args.quick else 100
+        make_corpora(endpoint, n_tars, per_tar, loose)
+        runs = {
+            "tars": (f"s3://photos/shards/{{00000..{n_tars - 1:05d}}}.tar", n_tars * per_tar),
+            "listing": ("s3://photos/loose/", loose),
+        }
+        for kind, (source, images) in runs.items():
+            result = count_run(endpoint, tree, models, source, f"s3://out/{kind}", shard)
+            result["images"] = images
+            result["per_spec"] = round(result["total"] / result["specs"], 1)
+            result["per_1000_images"] = {
+                k: round(1000 * v / images, 1) for k, v in result["by_kind"].items()
+            }
+            report.details[kind] = result
+            print(f"{kind}: {result['total']} requests, {result['specs']} specs,"
+                  f" {result['per_spec']} per spec; by kind {result['by_kind']}")  # fmt: skip
+        markers = 10_000 if args.quick else MARKERS
+        report.details["poll"] = count_poll(endpoint, tree, markers)
+        print(f"poll at {markers} markers: {report.details['poll']}")
+    report.details["tree"] = str(tree)
+    report.details["latency_ms"] = [1, 30]
+    report.finish()
+
+
+class s3_server:  # noqa: N801 - a context manager
+    """moto's S3 server in this process; the AWS variables point every client at it."""
+
+    def __enter__(self) -> str:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint,
+            AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        )  # fmt: skip
+        return endpoint
+
+    def __exit__(self, *exc) -> None:
+        self.server.stop()
+
+
+def tiny_models(root: Path) -> dict[str, str]:
+    from tests.hf_tiny import build_tiny_blip, build_tiny_clip
+
+    build_tiny_blip(root / "blip")
+    build_tiny_clip(root / "clip")
+    return {"blip": str(root / "blip"), "clip": str(root / "clip")}
+
+
+def make_corpora(endpoint: str, n_tars: int, per_tar: int, loose: int) -> None:
+    import io
+    import tarfile
+
+    import s3fs
+
+    from tests.pipeline_helpers import image_bytes
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, endpoint_url=endpoint)
+    fs.mkdir("photos")
+    fs.mkdir("out")
+    for t in range(n_tars):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for i in range(per_tar):
+                for member, data in (
+                    (f"{t}{i:04d}.jpg", image_bytes((64, 48), "JPEG", t * 1000 + i)),
+                    (f"{t}{i:04d}.txt", f"photo {t} {i}".encode()),
+                ):
+                    info = tarfile.TarInfo(member)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        fs.pipe(f"photos/shards/{t:05d}.tar", buf.getvalue())
+    fs.pipe({f"photos/loose/{i:05d}.jpg": image_bytes((64, 48), "JPEG", i) for i in range(loose)})
+
+
+def count_run(endpoint: str, tree: Path, models: dict, source: str, out: str, shard: int) -> dict:
+    from tests.s3_proxy import FaultProxy, Faults
+
+    proxy = FaultProxy(endpoint, Faults(latency=(0.001, 0.03), seed=0)).start()
+    argv = [
+        sys.executable, "-m", "vlpipe", "run", source, "--output", out,
+        "--captioner", models["blip"], "--embedder", models["clip"], "--batch-size", "16",
+        "--max-caption-tokens", "6", "--shard-size", str(shard), "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tree), "AWS_ENDPOINT_URL": proxy.endpoint,
+           "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    started = time.time()
+    done = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, check=False)
+    proxy.stop()
+    if done.returncode != 0:
+        raise SystemExit(f"vlpipe run failed:\n{done.stdout}\n{done.stderr}")
+    specs = int(done.stdout.split(" shards (", 1)[0].rsplit(" ", 1)[1])
+    by_area: dict[str, Counter] = {}
+    for kind, path in proxy.log:
+        by_area.setdefault(area(path, out), Counter())[kind] += 1
+    return {
+        "command": " ".join(argv[2:]),
+        "seconds": round(time.time() - started, 1),
+        "specs": specs,
+        "total": proxy.total(),
+        "by_kind": {k: proxy.counts.get(k, 0) for k in KINDS},
+        "by_area": {a: dict(c) for a, c in sorted(by_area.items())},
+        "summary": [line for line in done.stdout.splitlines() if line.startswith("seen ")],
+    }
+
+
+def area(path: str, out: str) -> str:
+    """Which part of the run a request was about: the source, or a folder of the output."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(path)
+    key = unquote(parts.path.lstrip("/"))
+    prefix = parse_qs(parts.query).get("prefix", [""])[0]
+    full = key if "/" in key else f"{key}/{prefix}"
+    root = out.removeprefix("s3://").rstrip("/") + "/"
+    if not full.startswith(root):
+        return "source" if full.startswith("photos") else "other"
+    rest = full[len(root) :]
+    top = rest.split("/", 1)[0]
+    return top if "/" in rest else ("(root)" if not top.startswith(".vlpipe") else "probe")
+
+
+def count_poll(endpoint: str, tree: Path, markers: int) -> dict:
+    """One steady-state poll of a run with `markers` done markers and 2 workers at work."""
+    from moto.s3.models import s3_backends
+
+    from tests.s3_proxy import FaultProxy
+
+    backend = s3_backends["123456789012"]["global"]
+    backend.create_bucket("polls", "us-east-1")
+    started = time.time()
+    for i in range(markers):
+        backend.put_object("polls", f"out/_done/{i:020x}.json", b'{"seen": 1, "done": true}')
+    for w in ("w1", "w2"):
+        backend.put_object("polls", f"out/_progress/{w}.json", b'{"seen": 5}')
+    simulated = round(time.time() - started, 1)
+    proxy = FaultProxy(endpoint).start()
+    env = {**os.environ, "PYTHONPATH": str(tree), "AWS_ENDPOINT_URL": proxy.endpoint}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", POLL_SCRIPT, "s3://polls/out", str(markers)], cwd=tree, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout.readline().strip() == "READY"
+    proxy.reset()
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    timing = json.loads(proc.stdout.readline())
+    proc.wait(timeout=600)
+    proxy.stop()
+    return {
+        "markers": markers,
+        "workers": 2,
+        "requests_per_poll": proxy.total(),
+        "by_kind": {k: proxy.counts.get(k, 0) for k in KINDS},
+        "poll_seconds": round(timing["seconds"], 3),
+        "poll_seconds_note": "wall time on a shared 2-core machine (other processes running)",
+        "simulate_seconds": simulated,
+    }
+
+
+if __name__ == "__main__":
+    main()
