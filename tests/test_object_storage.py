@@ -219,3 +219,17 @@ def test_killed_under_faults_then_resumed_is_exactly_once(tiny, s3_server, tmp_p
         summary = run(config(tiny, source, out, shard_size=3))
     assert summary.ok and summary.processed < 12, summary.lines()
     assert_exactly_once(out, uris)
+
+
+def test_an_os_error_without_strerror_is_never_none_none():
+    """s3fs raises FileNotFoundError("bucket/key") with neither strerror nor filename; the CLI
+    once printed it as `Error: None: None`."""
+    from vlpipe.cli import os_error_line
+
+    assert os_error_line(FileNotFoundError("out/run/_done/x.json")) == (
+        "FileNotFoundError: out/run/_done/x.json"
+    )
+    assert os_error_line(FileNotFoundError(2, "No such file or directory", "/x")) == (
+        "No such file or directory: /x"
+    )
+    assert os_error_line(PermissionError()) == "PermissionError"
