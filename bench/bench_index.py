@@ -3,7 +3,7 @@
     python -m bench.bench_index             # 100k and 1M vectors (about 30 min on 2 busy cores)
     python -m bench.bench_index --quick     # 20k and 100k vectors
 
-Data: synthetic clustered unit vectors (tests/synthetic.py, 256-d like vlpipe-mini's joint
+Data: synthetic clustered unit vectors (bench/synthetic.py, 256-d like vlpipe-mini's joint
 space) written as real fp16 Parquet parts of 50k rows with a manifest, i.e. a real run directory.
 Every contender runs in its own process (wall time and peak RSS of that process):
 
@@ -15,7 +15,7 @@ Every contender runs in its own process (wall time and peak RSS of that process)
 * cold search: `vlpipe search "..." --index RUN` from process start to printed results on a 100k
   index, with the phases (imports, index open, embedder load, query) timed in a separate process.
   The embedder is vlpipe-mini when its weights are present, else the tiny random CLIP
-  (tests/hf_tiny.py), whose 32-d space sets the vectors' dimension for that run.
+  (bench/hf_tiny.py), whose 32-d space sets the vectors' dimension for that run.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ GOALS = {"cold_search_s": 2.0, "warm_query_ms_1m": 20.0, "recall_at_10": 0.95}
 
 def synthetic_run(n: int, dim: int, embedder: dict | None = None, tag: str = "synthetic") -> Path:
     """A cached run dir of n vectors: parts written once, reused by every contender."""
-    from tests.synthetic import write_manifest, write_synthetic_run
+    from bench.synthetic import write_manifest, write_synthetic_run
     from vlpipe.rundir import RunDir
 
     path = RUNS / f"{tag}-n{n}-d{dim}"
@@ -104,8 +104,8 @@ def child_latency(auto_run: str, flat_run: str, nq: int) -> dict:
     """Per-query latency (one query per call) of both indexes, recall@10 of auto vs exact."""
     import numpy as np
 
-    from vlpipe.index.search import Searcher
     from vlpipe.index.tune import make_queries, recall_at_k
+    from vlpipe.search.searcher import Searcher
 
     approx, exact = Searcher.open(auto_run), Searcher.open(flat_run)
     rng = np.random.default_rng(2024)
@@ -138,7 +138,7 @@ def child_cold_phases(run: str, query: str) -> dict:
     t0 = time.perf_counter()
     import faiss  # noqa: F401
 
-    from vlpipe.index.search import Searcher
+    from vlpipe.search.searcher import Searcher
 
     t1 = time.perf_counter()
     searcher = Searcher.open(run, device="cpu")
@@ -236,7 +236,7 @@ def cold_embedder(dim: int) -> tuple[str, dict, int]:
     try:
         embedder, name = load_embedder("mini", device="cpu"), "mini"
     except Exception:  # noqa: BLE001 - weights not shipped yet: fall back, and say so
-        from tests.hf_tiny import build_tiny_clip
+        from bench.hf_tiny import build_tiny_clip
 
         name = build_tiny_clip(RUNS / "tiny-clip")
         embedder = load_embedder(name, device="cpu")

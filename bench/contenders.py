@@ -67,7 +67,7 @@ def plain_open(path: str) -> Image.Image:
 
 
 def vlpipe_open(path: str, min_side: int):
-    from vlpipe.transforms.decode import decode_image
+    from vlpipe.images.decode import decode_image
 
     with open(path, "rb") as f:
         return decode_image(f.read(), min_side=min_side)

@@ -41,8 +41,8 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def vlpipe_decode(data: bytes) -> torch.Tensor:
+    from vlpipe.images.decode import decode_image
     from vlpipe.models.mini.model import preprocess_image
-    from vlpipe.transforms.decode import decode_image
 
     return preprocess_image(decode_image(data, min_side=SIZE).image)
 
@@ -50,7 +50,7 @@ def vlpipe_decode(data: bytes) -> torch.Tensor:
 def vlpipe_decode_pil_resize(data: bytes) -> torch.Tensor:
     """vlpipe's decoder with the resize vlpipe-mini's preprocess used before (Pillow's bicubic):
     the "before" of the change to torch's SIMD resize."""
-    from vlpipe.transforms.decode import decode_image
+    from vlpipe.images.decode import decode_image
 
     image = decode_image(data, min_side=SIZE).image
     return _to_tensor(image.resize((SIZE, SIZE), Image.Resampling.BICUBIC))

@@ -2,7 +2,7 @@
 against exact brute-force k-NN in the same run.
 
 Data (made once, kept under bench/results/tmp/dedup_scale/): vlpipe-mini-sized (256-d) clumpy
-vectors (tests.synthetic's Gaussian mixture) in parts of 100k rows, each row with a random
+vectors (bench.synthetic's Gaussian mixture) in parts of 100k rows, each row with a random
 phash and sha256; 1% of rows are originals that get 1-3 planted copies in the *next* part (so
 pairs cross parts): the vector plus noise (cosine 0.89-0.995: down to the threshold), the
 phash with 0-6 bits flipped, and one copy in ten byte-identical (same vector, phash and
@@ -55,7 +55,7 @@ def write_run(path: Path, n: int) -> None:
     """Parts of background rows plus the previous part's planted copies; the pairs by row."""
     import pyarrow as pa
 
-    from tests.synthetic import clustered_chunks, part_table, write_manifest
+    from bench.synthetic import clustered_chunks, part_table, write_manifest
     from vlpipe.rundir import PARTS, RunDir, write_table_atomic
 
     run = RunDir(str(path))

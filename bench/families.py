@@ -102,7 +102,7 @@ def measure(names: dict, args) -> dict:
     """Load through vlpipe's handler, preprocess untimed, time `run_inference` per batch."""
     import torch
 
-    from vlpipe.transforms.handlers import VlpipeModelHandler, prepare_image
+    from vlpipe.worker.handlers import VlpipeModelHandler, prepare_image
 
     torch.manual_seed(0)
     cuda = args.device.startswith("cuda")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from tests import hf_tiny, hf_tiny_prompted, openclip_tiny
+from bench import hf_tiny, hf_tiny_prompted, openclip_tiny
 
 _TINY_TEXT = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -72,7 +72,7 @@ def _save(path: str | Path, model, processor) -> str:
 
 
 def build_blip_clip(path: Path, tiny: bool, dtype: torch.dtype) -> tuple[str, str]:
-    """The reference pair: BLIP-base captioner + CLIP ViT-B/32 embedder (tests/hf_tiny.py)."""
+    """The reference pair: BLIP-base captioner + CLIP ViT-B/32 embedder (bench/hf_tiny.py)."""
     if tiny:
         return hf_tiny.build_tiny_blip(path / "blip"), hf_tiny.build_tiny_clip(path / "clip")
     return (

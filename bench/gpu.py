@@ -46,7 +46,7 @@ RUN_COMMAND = "python -m bench.gpu"
 
 
 def build_models(folder: Path, tiny: bool) -> tuple[str, str]:
-    from tests import hf_tiny
+    from bench import hf_tiny
 
     if tiny:
         return (
@@ -60,7 +60,7 @@ def build_models(folder: Path, tiny: bool) -> tuple[str, str]:
 
 
 def load_models(cap_dir: str, emb_dir: str, device: str, precision: str):
-    from vlpipe.transforms.handlers import VlpipeModelHandler
+    from vlpipe.worker.handlers import VlpipeModelHandler
 
     handler = VlpipeModelHandler(cap_dir, emb_dir, device=device, precision=precision)
     return handler, handler.load_model()
@@ -70,7 +70,7 @@ def prepared(paths: list[Path], models, n: int) -> tuple:
     """uint8 pixel batches for both models from the first n images (decoded once, on CPU)."""
     import torch
 
-    from vlpipe.transforms.handlers import prepare_image
+    from vlpipe.worker.handlers import prepare_image
 
     items = [prepare_image(str(i), p.read_bytes(), models) for i, p in enumerate(paths[:n])]
     return (
@@ -131,7 +131,7 @@ def model_sweep(
 
 def cpu_decode_rate(paths: list[Path], models, threads: int) -> float:
     """vlpipe's decode + both preprocesses on `threads` threads (Pillow releases the GIL)."""
-    from vlpipe.transforms.handlers import prepare_image
+    from vlpipe.worker.handlers import prepare_image
 
     data = [p.read_bytes() for p in paths]
     with ThreadPoolExecutor(threads) as pool:

@@ -164,7 +164,7 @@ def product_table(searcher, tagged: dict[str, str]) -> dict:
 
 
 def run(args) -> dict:
-    from vlpipe.index.search import Searcher
+    from vlpipe.search.searcher import Searcher
 
     report = Report(NAME, TITLE)
     names, refs = dev_split(args.images)

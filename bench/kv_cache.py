@@ -40,7 +40,7 @@ def install_full_prefix() -> None:
 
 def memories(model, paths, batch: int) -> list[torch.Tensor]:
     """The decoder's memory for batches of corpus images, through vlpipe's own decode path."""
-    from vlpipe.transforms.decode import decode_image
+    from vlpipe.images.decode import decode_image
 
     size = model.image_size
     pixels = [model.preprocess(decode_image(p.read_bytes(), size).image) for p in paths]

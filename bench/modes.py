@@ -1,7 +1,7 @@
 """Task modes on CPU: what `--captioner none` (embeddings only) is worth, end to end.
 
 1. Embeddings only with a full-size CLIP ViT-B/32 (random weights, built offline by
-   `tests.hf_tiny.build_full_size_clip_b32`): `vlpipe run CSV --output O --captioner none
+   `bench.hf_tiny.build_full_size_clip_b32`): `vlpipe run CSV --output O --captioner none
    --embedder CLIP_DIR --no-index --no-progress --batch-size 32` vs `clip-retrieval inference`
    (the PyPI package) on the same images with the same weights, `--input_format files --enable_text
    False --enable_metadata False --batch_size 32 --num_prepro_workers 2`, on CPU. Goal: vlpipe at
@@ -97,7 +97,7 @@ def clip_dir() -> Path:
     path = ROOT / "clip-b32"
     if not (path / "model.safetensors").exists():
         print(f"building a random full-size CLIP ViT-B/32 in {path}", file=sys.stderr)
-        code = "import sys; from tests.hf_tiny import build_full_size_clip_b32 as b; b(sys.argv[1])"
+        code = "import sys; from bench.hf_tiny import build_full_size_clip_b32 as b; b(sys.argv[1])"
         subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, check=True)
     return path
 

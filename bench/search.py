@@ -1,7 +1,7 @@
 """Search at scale: filtered, keyword, hybrid and large-k queries on a 1M-row index.
 
 Data (made once, kept under bench/results/tmp/search and reused): a synthetic run of N rows
-(default 1,000,000) in parts of 100,000, 64-d clustered fp16 vectors (tests/synthetic.py),
+(default 1,000,000) in parts of 100,000, 64-d clustered fp16 vectors (bench/synthetic.py),
 captions drawn from a small vocabulary with a made-up word (RARE) in exactly 0.1% of the rows,
 and two user columns: `license` ('cc0' in exactly 1% of the rows, 'cc-by' in 49%, 'cc-by-sa' and
 'proprietary' the rest) and `views` (int64). Indexed with `build_index(kind="auto")`, which also
@@ -85,8 +85,8 @@ class FixedText:
 
 
 def child_vlpipe(name: str, run: str) -> dict:
-    from vlpipe.index.results import attach, hits_table, write_hits
-    from vlpipe.index.search import Searcher
+    from vlpipe.search.results import attach, hits_table, write_hits
+    from vlpipe.search.searcher import Searcher
 
     q = QUERIES[name]
     vectors = np.load(Path(run) / QUERY_FILE)
@@ -138,7 +138,7 @@ def child_scan(name: str, run: str) -> dict:
 
     q = QUERIES[name]
     if q.kind == "hybrid":  # vlpipe's fusion constants (RRF_K etc.), imported before the clock
-        from vlpipe.index import search as constants
+        from vlpipe.search import hits as constants
     vectors = np.load(Path(run) / QUERY_FILE)
     parts = sorted(str(p) for p in (Path(run) / "parts").glob("part-*.parquet"))
     start = time.perf_counter()

@@ -72,7 +72,7 @@ def dataset(n: int) -> tuple[Path, dict, float]:
 def write_run(path: Path, n: int) -> None:
     import pyarrow as pa
 
-    from tests.synthetic import clustered_chunks, part_table, write_manifest
+    from bench.synthetic import clustered_chunks, part_table, write_manifest
     from vlpipe.index.tune import make_queries
     from vlpipe.rundir import PARTS, RunDir, write_table_atomic
 

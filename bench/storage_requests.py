@@ -1,7 +1,7 @@
 """Storage requests of `vlpipe run` on S3, counted at a proxy, and the cost of one progress poll.
 
 1. The issue's runs, each as a `vlpipe run` process against the local S3 server (moto) through
-   the counting proxy of tests/s3_proxy.py, with 1-30 ms added to every request (what a real
+   the counting proxy of bench/s3_proxy.py, with 1-30 ms added to every request (what a real
    bucket answers in): 6 WebDataset tars of 100 images (`s3://photos/shards/{00000..00005}.tar`,
    --shard-size 100) and a listing of 300 loose JPEGs (--shard-size 100). Requests by kind
    (HEAD, LIST, GET, PUT, POST, DELETE) per spec and per 1,000 images, and by area of the output.
@@ -153,7 +153,7 @@ class s3_server:  # noqa: N801 - a context manager
 
 
 def tiny_models(root: Path) -> dict[str, str]:
-    from tests.hf_tiny import build_tiny_blip, build_tiny_clip
+    from bench.hf_tiny import build_tiny_blip, build_tiny_clip
 
     build_tiny_blip(root / "blip")
     build_tiny_clip(root / "clip")
@@ -166,7 +166,7 @@ def make_corpora(endpoint: str, n_tars: int, per_tar: int, loose: int) -> None:
 
     import s3fs
 
-    from tests.pipeline_helpers import image_bytes
+    from tests.helpers.images import image_bytes
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True, endpoint_url=endpoint)
     fs.mkdir("photos")
@@ -187,7 +187,7 @@ def make_corpora(endpoint: str, n_tars: int, per_tar: int, loose: int) -> None:
 
 
 def count_run(endpoint: str, tree: Path, models: dict, source: str, out: str, shard: int) -> dict:
-    from tests.s3_proxy import FaultProxy, Faults
+    from bench.s3_proxy import FaultProxy, Faults
 
     proxy = FaultProxy(endpoint, Faults(latency=(0.001, 0.03), seed=0)).start()
     argv = [
@@ -251,7 +251,7 @@ def count_poll(endpoint: str, tree: Path, markers: int) -> dict:
     """One steady-state poll of a run with `markers` done markers and 2 workers at work."""
     from moto.s3.models import s3_backends
 
-    from tests.s3_proxy import FaultProxy
+    from bench.s3_proxy import FaultProxy
 
     backend = s3_backends["123456789012"]["global"]
     backend.create_bucket("polls", "us-east-1")

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import FLICKR
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-REPO = Path(__file__).resolve().parents[1]
-FLICKR = REPO.parent / "shared" / "datasets" / "flickr8k"
-EXAMPLES = REPO / "examples" / "images"
 
 
 @pytest.fixture(scope="session")
@@ -23,20 +21,10 @@ def flickr() -> Path:
     return FLICKR
 
 
-def flickr_split(root: Path, split: str, limit: int | None = None) -> list[str]:
-    """Image file names of one split, in file order (fixed subsets for fast tests)."""
-    names = []
-    for line in (root / "splits.csv").read_text().splitlines()[1:]:
-        name, s = line.rsplit(",", 1)
-        if s == split:
-            names.append(name)
-    return names[:limit] if limit else names
-
-
 @pytest.fixture
 def one_faiss_thread():
     """FAISS on one OpenMP thread: on a 2-core machine shared with other processes, the
-    threads' barrier spinning makes small searches 5-20x slower (vlpipe.index.search)."""
+    threads' barrier spinning makes small searches 5-20x slower (vlpipe.search.searcher)."""
     import faiss
 
     before = faiss.omp_get_max_threads()

@@ -165,7 +165,7 @@ def test_profile_puts_samples_in_stages(tmp_path):
     raw.write_text(
         f"{run};CaptionDecoder.generate (mini/fusion.py:167);logits (mini/fusion.py:131) 30\n"
         f"{run};MiniModel.grid (mini/model.py:150);SameConv.forward (mini/efficientnet.py:60) 10\n"
-        f"{run};decode_image (transforms/decode.py:70);_decode (transforms/decode.py:99) 5\n"
+        f"{run};decode_image (images/decode.py:70);_decode (images/decode.py:99) 5\n"
         f"{run};Pipeline.run (apache_beam/pipeline.py:563) 5\n"
         "main (bench/contenders.py:1);load_model (bench/contenders.py:9) 50\n"
     )
@@ -235,7 +235,7 @@ def test_contenders_write_the_same_images(random_mini, flickr, tmp_path):
 @pytest.mark.parametrize("beams", [1, 3])
 def test_kv_cached_decoding_gives_the_same_captions_as_full_prefix(random_mini, beams):
     from bench.kv_cache import full_prefix_generate
-    from vlpipe.models.mini import load_mini
+    from vlpipe.models.mini.model import load_mini
 
     model = load_mini(random_mini, device="cpu")
     torch.manual_seed(beams)

@@ -17,13 +17,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
-from tests.conftest import EXAMPLES, REPO
-from tests.reliability import config, tiny  # noqa: F401 - session fixture
+from tests.helpers.paths import EXAMPLES, REPO
+from tests.helpers.reliability import config, tiny  # noqa: F401 - session fixture
+from vlpipe.api import run_and_index as run
 from vlpipe.cli import main
 from vlpipe.curate.run import curate
 from vlpipe.dedup.run import DedupOptions, dedup
 from vlpipe.errors import VlpipeError
-from vlpipe.pipeline.run import run
 
 SHARP = "sharpness >= 20"
 LIT = "brightness > 0.2"

@@ -11,15 +11,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tests.reliability import (
+from tests.helpers.reliability import (
     config,
     mixed_names,
     read_output,
     tiny,  # noqa: F401 - session fixture
     write_images,
 )
+from vlpipe.api import run_and_index as run
 from vlpipe.errors import VlpipeError
-from vlpipe.pipeline.run import run
 from vlpipe.rundir import RunDir
 
 pytest.importorskip("distributed", reason="needs dask.distributed (pip install 'vlpipe[dask]')")
@@ -46,7 +46,7 @@ def count_worker_calls() -> None:
     """Runs inside each worker process: wrap the real model loader and shard processor with call
     counters (they still do the real work) so the test can ask each worker what it did."""
     import vlpipe.models.registry as registry
-    import vlpipe.transforms.shard as shard
+    import vlpipe.worker.shard as shard
 
     calls = registry.__dict__.setdefault("_test_calls", Counter())
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests import hostile
-from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, DecodeError, FilterError, decode_image
+from tests.helpers import hostile
+from vlpipe.images.decode import DEFAULT_MAX_PIXELS, DecodeError, FilterError, decode_image
 
 MIN_SIDE = 224
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -92,7 +92,7 @@ def test_huge_jpeg_memory_stays_bounded(corpus):
     root, _ = corpus
     code = (
         "import resource, sys, json\n"
-        "from vlpipe.transforms.decode import decode_image\n"
+        "from vlpipe.images.decode import decode_image\n"
         "data = open(sys.argv[1], 'rb').read()\n"
         "decode_image(open(sys.argv[2], 'rb').read(), 224)  # load the JPEG codec first\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from bench.dedup_set import make_copy, save
-from tests.conftest import EXAMPLES, REPO
+from tests.helpers.paths import EXAMPLES, REPO
 from vlpipe.dedup.run import DedupOptions, dedup
 from vlpipe.errors import VlpipeError
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import bench.dedup_scale as scale
-from tests.synthetic import part_table
+from bench.synthetic import part_table
 from vlpipe.dedup import neighbours
 from vlpipe.dedup.graph import EMBEDDING
 from vlpipe.dedup.run import dedup

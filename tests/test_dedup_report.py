@@ -17,43 +17,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.conftest import EXAMPLES, REPO
+from tests.helpers.paths import REPO
+from tests.helpers.runs import DEDUP_PHOTOS as N_PHOTOS
+from tests.helpers.runs import make_dedup_run
 from vlpipe.dedup.output import read_summary
 from vlpipe.dedup.report import biggest_clusters, write_report
 from vlpipe.rundir import CLUSTERS, RunDir
 
-N_PHOTOS = 8
-#: the exact copy's name holds markup: the report must escape it
-EXACT = 'copy <b onload=x>exact & "q".jpg'
 DATA_IMG = '<img src="data:image/jpeg;base64,'
 ARTIFACTS = REPO / "test-artifacts"
-
-
-def make_dedup_run(root: Path, thumbnail_px: int = 0) -> tuple[Path, list[set[str]]]:
-    """A real run over N_PHOTOS example photos plus copies of three of them (the same bytes, a
-    JPEG at quality 15, a half-size PNG, a grayscale JPEG), deduplicated. Returns the run dir
-    and the expected clusters as sets of file names, biggest first."""
-    from vlpipe.dedup.run import dedup
-    from vlpipe.pipeline.options import RunConfig
-    from vlpipe.pipeline.run import run
-
-    images = root / "images"
-    images.mkdir(parents=True)
-    names = sorted(p.name for p in EXAMPLES.glob("*.jpg"))[:N_PHOTOS]
-    for name in names:
-        shutil.copy(EXAMPLES / name, images / name)
-    a, b, c = names[:3]
-    shutil.copy(images / a, images / EXACT)
-    Image.open(images / a).save(images / "copy-q15.jpg", quality=15)
-    big = Image.open(images / b)
-    big.resize((big.width // 2, big.height // 2)).save(images / "copy-half.png")
-    Image.open(images / c).convert("L").save(images / "copy-gray.jpg")
-    out = root / "out"
-    config = RunConfig(source=str(images), output=str(out), progress=False,
-                       thumbnail_px=thumbnail_px, batch_size=16)  # fmt: skip
-    assert run(config, echo=lambda _: None).ok
-    dedup(str(out))
-    return out, [{a, EXACT, "copy-q15.jpg"}, {b, "copy-half.png"}, {c, "copy-gray.jpg"}]
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +149,7 @@ def test_stored_thumbnails_are_used_when_every_source_is_gone(tmp_path):
 
 
 def test_a_run_without_duplicates_says_so(tmp_path):
-    from tests.synthetic import write_synthetic_run
+    from bench.synthetic import write_synthetic_run
     from vlpipe.dedup.run import DedupOptions, dedup
 
     run = write_synthetic_run(str(tmp_path / "run"), 40, 16, part_rows=20)

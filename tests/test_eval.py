@@ -4,72 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers.runs import write_run_dir
 from vlpipe.cli import main
 from vlpipe.eval.evaluate import KEYS, evaluate_run
 from vlpipe.eval.metrics import caption_scores, retrieval_recalls
-from vlpipe.rundir import PARTS, SUCCESS, RunDir, write_table_atomic
-from vlpipe.schema import SCHEMA_VERSION, image_id, result_schema
+from vlpipe.rundir import RunDir
 
 WORDS = "dog cat red blue runs sits grass snow ball man woman child water beach".split()
 
 
-def write_run_dir(out: Path, embedder_name: str, embedder, rows: list[dict], float16=True) -> Path:
-    """A run directory as the pipeline writes it: parts per the result schema, manifest, _SUCCESS.
-
-    rows: dicts with uri, caption and embedding (plus optional width/height); split in 2 parts.
-    """
-    schema = result_schema(embedder.dim, float16=float16)
-    run = RunDir(str(out))
-    half = (len(rows) + 1) // 2
-    for n, chunk in enumerate((rows[:half], rows[half:])):
-        table = pa.Table.from_pylist(
-            [
-                {
-                    "image_id": image_id(r["uri"]),
-                    "uri": r["uri"],
-                    "width": r.get("width", 64),
-                    "height": r.get("height", 48),
-                    "caption": r["caption"],
-                    "embedding": [float(x) for x in r["embedding"]],
-                    "text": None,
-                    "text_score": None,
-                }
-                for r in chunk
-            ],
-            schema=schema,
-        )
-        write_table_atomic(run.fs, run.join(PARTS, f"part-{n:05d}.parquet"), table)
-    run.write_manifest(
-        {
-            "vlpipe_version": "0.1.0",
-            "schema_version": SCHEMA_VERSION,
-            "models": {
-                "captioner": {"name": "test-captions", "config": {}},
-                "embedder": {
-                    "name": embedder_name,
-                    "config": embedder.describe(),
-                    "fingerprint": embedder.fingerprint(),
-                    "dim": embedder.dim,
-                },
-            },
-            "embedding_dtype": "float16" if float16 else "float32",
-            "counts": {"seen": len(rows), "written": len(rows), "failed": 0},
-        }
-    )
-    (out / SUCCESS).write_bytes(b"")
-    return out
-
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from tests.hf_tiny import build_tiny_clip
+    from bench.hf_tiny import build_tiny_clip
     from vlpipe.models.registry import load_embedder
 
     path = build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
@@ -191,7 +142,7 @@ def test_eval_errors_are_one_line(labelled_run, tmp_path):
 def test_eval_with_flickr_references(clip, flickr, tmp_path):
     """The real Flickr8k captions.csv (quoted captions with commas, 5 per image) matched by file
     name to a run over 6 dev images; the rest of the CSV is ignored."""
-    from tests.conftest import flickr_split
+    from tests.helpers.paths import flickr_split
 
     name, embedder = clip
     with open(flickr / "captions.csv", newline="") as f:

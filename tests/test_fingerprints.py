@@ -9,10 +9,10 @@ import io
 import pytest
 from PIL import Image, ImageEnhance
 
-from tests.conftest import EXAMPLES
-from tests.reliability import config, read_output, tiny  # noqa: F401 - session fixture
-from vlpipe.pipeline.run import run
-from vlpipe.transforms.fingerprints import hamming, phash
+from tests.helpers.paths import EXAMPLES
+from tests.helpers.reliability import config, read_output, tiny  # noqa: F401 - session fixture
+from vlpipe.api import run_and_index as run
+from vlpipe.images.fingerprints import hamming, phash
 
 PHOTOS = sorted(EXAMPLES.glob("*.jpg"))[:12]
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests import hf_tiny
+from bench import hf_tiny
 from vlpipe.errors import ModelLoadError
 from vlpipe.models.hf import PixelRecipe
 from vlpipe.models.registry import load_captioner, load_embedder

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests import hostile
-from tests.pipeline_helpers import image_bytes
-from tests.reliability import (
+from tests.helpers import hostile
+from tests.helpers.images import image_bytes
+from tests.helpers.reliability import (
     assert_exactly_once,
     config,
     read_output,
     tiny,  # noqa: F401 - session fixture
 )
-from vlpipe.pipeline.run import run
+from vlpipe.api import run_and_index as run
 from vlpipe.schema import image_id
 
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.synthetic import (
+from bench.synthetic import (
     clustered_vectors,
     write_manifest,
     write_part,
@@ -20,12 +20,12 @@ from tests.synthetic import (
 )
 from vlpipe.errors import VlpipeError
 from vlpipe.index.build import build_index
-from vlpipe.index.search import Searcher
 from vlpipe.index.select import FLAT_THRESHOLD, parse_memory, plan_index
 from vlpipe.index.store import IDMAP_COLUMNS, IndexDir
 from vlpipe.index.tune import make_queries, recall_at_k
 from vlpipe.rundir import RunDir, write_table_atomic
 from vlpipe.schema import image_id
+from vlpipe.search.searcher import Searcher
 
 DIM = 32
 

@@ -13,8 +13,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from tests.reliability import tiny, vlpipe_argv, write_images  # noqa: F401 - session fixture
-from tests.s3_server import s3_server  # noqa: F401 - session fixture
+from tests.helpers.reliability import tiny, vlpipe_argv, write_images  # noqa: F401 - session fixture
+from tests.helpers.s3_server import s3_server  # noqa: F401 - session fixture
 from vlpipe.cli import main
 from vlpipe.errors import VlpipeError
 from vlpipe.pipeline.lease import acquire, read_lease

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import flickr_split
+from tests.helpers.paths import flickr_split
 from vlpipe.eval.metrics import caption_scores, retrieval_recalls
 from vlpipe.models import registry
 from vlpipe.models.mini import SHIPPED_DIR

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import flickr_split
+from tests.helpers.paths import flickr_split
 from vlpipe.models.mini.efficientnet import STAGE_SHAPES, EfficientNetLite, normalize_pixels
 from vlpipe.models.mini.model import preprocess_image
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import flickr_split
+from tests.helpers.paths import flickr_split
 from vlpipe.cli import main
 from vlpipe.models import registry
 from vlpipe.models.mini import CONFIG_NAME

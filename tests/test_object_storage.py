@@ -18,8 +18,9 @@ import time
 
 import pytest
 
-from tests.pipeline_helpers import image_bytes
-from tests.reliability import (
+from bench.s3_proxy import Faults, proxied, request_kind
+from tests.helpers.images import image_bytes
+from tests.helpers.reliability import (
     assert_exactly_once,
     config,
     mixed_names,
@@ -27,10 +28,9 @@ from tests.reliability import (
     tiny,  # noqa: F401 - session fixture
     vlpipe_argv,
 )
-from tests.s3_proxy import Faults, proxied, request_kind
-from tests.s3_server import s3_server  # noqa: F401 - session fixture
+from tests.helpers.s3_server import s3_server  # noqa: F401 - session fixture
+from vlpipe.api import run_and_index as run
 from vlpipe.errors import VlpipeError
-from vlpipe.pipeline.run import run
 from vlpipe.rundir import RunDir, write_table_atomic
 
 #: what a user sees from a real bucket: tens of milliseconds a request, a few failing
@@ -57,7 +57,7 @@ def upload_tars(fs, bucket: str, n_tars: int, per_tar: int) -> list[str]:
 
 
 def upload_loose(fs, bucket: str, n: int) -> list[str]:
-    from tests.pipeline_helpers import FORMATS
+    from tests.helpers.images import FORMATS
 
     by_ext = dict(FORMATS)
     uris = []

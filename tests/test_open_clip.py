@@ -19,8 +19,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import EXAMPLES
-from tests.openclip_tiny import ARCH, HUB_ID, build_tiny_open_clip, register_arch
+from bench.openclip_tiny import ARCH, HUB_ID, build_tiny_open_clip, register_arch
+from tests.helpers.paths import EXAMPLES
 from vlpipe.cli import main
 from vlpipe.errors import ModelLoadError
 from vlpipe.models.describe import describe_embedder

@@ -15,17 +15,18 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from tests.pipeline_helpers import image_bytes, make_corpus
+from tests.helpers.images import image_bytes, make_corpus
+from vlpipe.api import run_and_index as run
 from vlpipe.cli import main
 from vlpipe.errors import VlpipeError
 from vlpipe.pipeline.options import RunConfig
-from vlpipe.pipeline.run import make_handler, run
+from vlpipe.pipeline.run import make_handler
 from vlpipe.rundir import RunDir
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, str]:
-    from tests.hf_tiny import build_tiny_blip, build_tiny_clip
+    from bench.hf_tiny import build_tiny_blip, build_tiny_clip
 
     root = tmp_path_factory.mktemp("models")
     return {"blip": build_tiny_blip(root / "blip"), "clip": build_tiny_clip(root / "clip")}
@@ -196,8 +197,8 @@ BROKEN = {"truncated.jpg", "empty.jpg", "notes.jpg"}
 def test_model_failure_fails_only_that_batch(tiny, corpus, tmp_path):
     """A batch that raises (as on out-of-memory) is retried at half size, then fails its rows."""
     from vlpipe.reading.plan import plan
-    from vlpipe.transforms.handlers import Models
-    from vlpipe.transforms.shard import ShardOptions, ShardWork, process_shard
+    from vlpipe.worker.handlers import Models
+    from vlpipe.worker.shard import ShardOptions, ShardWork, process_shard
 
     runner = make_handler(config(tiny, corpus, tmp_path))
     real = runner.load_model()
@@ -245,7 +246,7 @@ def test_run_inference_with_vlpipe_handler_matches_the_pipeline(tiny, corpus, di
     from apache_beam.testing.util import assert_that, equal_to
 
     from vlpipe.schema import image_id
-    from vlpipe.transforms.handlers import VlpipeModelHandler, prepare_image
+    from vlpipe.worker.handlers import VlpipeModelHandler, prepare_image
 
     out, _ = dir_run
     handler = VlpipeModelHandler(tiny["blip"], tiny["clip"], max_caption_tokens=8, max_batch_size=4)

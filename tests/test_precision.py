@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from vlpipe.api import run_and_index as run
 from vlpipe.errors import VlpipeError
 from vlpipe.models import precision as prec
 from vlpipe.models.mini import load_mini
 from vlpipe.models.precision import resolve_precision
 from vlpipe.pipeline.options import RunConfig
-from vlpipe.pipeline.run import run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 AMX = ("amx_bf16", "avx512_bf16")

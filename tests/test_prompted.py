@@ -13,16 +13,16 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tests import hf_tiny_prompted
-from tests.hf_tiny import build_tiny_blip, build_tiny_clip
-from tests.pipeline_helpers import image_bytes
+from bench import hf_tiny_prompted
+from bench.hf_tiny import build_tiny_blip, build_tiny_clip
+from tests.helpers.images import image_bytes
+from vlpipe.api import run_and_index as run
 from vlpipe.cli import main
 from vlpipe.errors import VlpipeError
 from vlpipe.models.prompted import PromptedCaptioner
 from vlpipe.models.prompting import Prompting
 from vlpipe.models.registry import load_captioner, load_embedder
 from vlpipe.pipeline.options import RunConfig
-from vlpipe.pipeline.run import run
 from vlpipe.rundir import RunDir
 
 FAMILIES = hf_tiny_prompted.FAMILIES
@@ -441,7 +441,7 @@ def test_ask_refuses_a_run_whose_captioner_takes_no_question(dirs, corpus, tmp_p
 def test_api_ask_and_answer_columns_on_search(dirs, asked_run, tmp_path):
     from starlette.testclient import TestClient
 
-    from vlpipe.index.search import Searcher
+    from vlpipe.search.searcher import Searcher
     from vlpipe.serve.app import Limits, create_app
     from vlpipe.serve.thumbnails import ThumbnailCache
 

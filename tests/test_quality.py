@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from tests.conftest import EXAMPLES
+from tests.helpers.paths import EXAMPLES
 from vlpipe.images.quality import COLUMNS, FLAGS, flagged, quality
 
 

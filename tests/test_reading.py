@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
@@ -17,9 +16,9 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-from tests import hostile
+from tests.helpers import hostile
+from tests.helpers.reading import page_uris, png, write
 from vlpipe.errors import VlpipeError
 from vlpipe.reading.files import ReadError, read_bytes
 from vlpipe.reading.plan import plan
@@ -28,30 +27,12 @@ from vlpipe.reading.specs import KIND_MANIFEST, KIND_PAGE
 from vlpipe.schema import image_id
 
 
-def png(seed: int = 0, size=(8, 6)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (seed * 40 % 256, 100, 30)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def write(path: Path, data: bytes = b"") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data or png())
-    return path
-
-
 def records(source, target: int = 16) -> list:
     return [r for spec in plan(str(source), target) for r in spec_records(spec)]
 
 
 def uris(source, target: int = 16) -> list[str]:
     return [r.uri for r in records(source, target)]
-
-
-def page_uris(source, target: int = 16) -> list[str]:
-    specs = list(plan(str(source), target))
-    assert {s.kind for s in specs} == {KIND_PAGE}
-    return [u for s in specs for u in s.uris]
 
 
 def is_cut(uri: str, target: int) -> bool:

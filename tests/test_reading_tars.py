@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from tests.test_reading import page_uris, png, write
+from tests.helpers.reading import page_uris, png, write
 from vlpipe.errors import VlpipeError
 from vlpipe.reading.braces import expand_braces
 from vlpipe.reading.files import ReadError, read_bytes

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.pipeline_helpers import image_bytes
-from tests.reliability import (
+from tests.helpers.images import image_bytes
+from tests.helpers.reliability import (
     assert_exactly_once,
     config,
     mixed_names,
@@ -27,9 +27,9 @@ from tests.reliability import (
     vlpipe_argv,
     write_images,
 )
+from vlpipe.api import run_and_index as run
 from vlpipe.cli import main
 from vlpipe.errors import VlpipeError
-from vlpipe.pipeline.run import run
 from vlpipe.rundir import TMP_PREFIX
 
 BROKEN = {"broken-truncated.jpg", "broken-empty.jpg", "broken-html.jpg"}

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.pipeline_helpers import image_bytes
-from tests.reliability import (
+from tests.helpers.images import image_bytes
+from tests.helpers.reliability import (
     assert_exactly_once,
     config,
     mixed_names,
@@ -24,8 +24,8 @@ from tests.reliability import (
     tiny,  # noqa: F401 - session fixture
     write_images,
 )
+from vlpipe.api import run_and_index as run
 from vlpipe.errors import VlpipeError
-from vlpipe.pipeline.run import run
 
 
 def manifest_of(out: Path) -> dict:
@@ -238,7 +238,7 @@ def test_serve_shows_stored_thumbnails_of_a_real_run_after_the_source_is_gone(ti
     pytest.importorskip("starlette", reason="needs the 'serve' extra")
     from starlette.testclient import TestClient
 
-    from vlpipe.index.search import Searcher
+    from vlpipe.search.searcher import Searcher
     from vlpipe.serve.app import create_app
     from vlpipe.serve.thumbnails import ThumbnailCache
 

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from PIL import Image, ImageFilter
 from safetensors.torch import save_file
 
-from tests.hf_tiny import build_tiny_classifier
-from tests.reliability import config, tiny  # noqa: F401 - session fixture
+from bench.hf_tiny import build_tiny_classifier
+from tests.helpers.reliability import config, tiny  # noqa: F401 - session fixture
+from vlpipe.api import run_and_index as run
 from vlpipe.cli import main
 from vlpipe.images.quality import COLUMNS
-from vlpipe.pipeline.run import run
 
 DIM = 32  # the tiny CLIP's embedding width
 
@@ -104,7 +104,7 @@ def test_serve_shows_signals_and_filters_on_them(scored, tmp_path):
     pytest.importorskip("starlette", reason="needs the 'serve' extra")
     from starlette.testclient import TestClient
 
-    from vlpipe.index.search import Searcher
+    from vlpipe.search.searcher import Searcher
     from vlpipe.serve.app import create_app
     from vlpipe.serve.thumbnails import ThumbnailCache
 

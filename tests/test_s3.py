@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from tests.pipeline_helpers import image_bytes
-from tests.reliability import (
+from tests.helpers.images import image_bytes
+from tests.helpers.reliability import (
     assert_exactly_once,
     config,
     mixed_names,
@@ -16,14 +16,14 @@ from tests.reliability import (
     tiny,  # noqa: F401 - session fixture
     vlpipe_argv,
 )
-from tests.s3_server import s3_server  # noqa: F401 - session fixture
-from vlpipe.pipeline.run import run
+from tests.helpers.s3_server import s3_server  # noqa: F401 - session fixture
+from vlpipe.api import run_and_index as run
 
 BUCKET = "photos"
 
 
 def upload(fs, names: list[str], seed: int = 0) -> list[str]:
-    from tests.pipeline_helpers import FORMATS
+    from tests.helpers.images import FORMATS
 
     by_ext = dict(FORMATS)
     uris = []

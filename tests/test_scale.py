@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 from fsspec.implementations.local import LocalFileSystem
 
-from tests.pipeline_helpers import image_bytes
-from tests.reliability import (
+from tests.helpers.images import image_bytes
+from tests.helpers.reliability import (
     REPO,
     assert_exactly_once,
     config,
@@ -29,9 +29,9 @@ from tests.reliability import (
     vlpipe_argv,
     write_images,
 )
+from vlpipe.api import run_and_index as run
 from vlpipe.cli import main
-from vlpipe.pipeline.run import run
-from vlpipe.transforms.devices import claim_slot, worker_device
+from vlpipe.worker.devices import claim_slot, worker_device
 
 
 def make_tar(path: Path, n: int, seed: int = 0) -> Path:
@@ -151,7 +151,7 @@ def test_a_remote_runner_refuses_a_local_output(tmp_path):
 
 _HOLD_SLOT = """
 import sys, time
-from vlpipe.transforms.devices import claim_slot, worker_device
+from vlpipe.worker.devices import claim_slot, worker_device
 print(claim_slot(sys.argv[1]), worker_device("auto", gpus=2, lock_dir=sys.argv[1]), flush=True)
 time.sleep(30)
 """

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.hf_tiny import CLASSIFIER_LABELS, build_tiny_classifier
+from bench.hf_tiny import CLASSIFIER_LABELS, build_tiny_classifier
 from vlpipe.errors import VlpipeError
 from vlpipe.models.scorers import describe_scores, load_scorers, parse_score, parse_scores
 

@@ -15,13 +15,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import EXAMPLES, REPO
-from tests.synthetic import write_manifest, write_part
+from bench.synthetic import write_manifest, write_part
+from tests.helpers.paths import EXAMPLES, REPO
 from vlpipe.cli import main
 from vlpipe.errors import VlpipeError
 from vlpipe.index.build import build_index
-from vlpipe.index.search import Searcher
 from vlpipe.rundir import RunDir
+from vlpipe.search.searcher import Searcher
 
 N_PHOTOS = 16
 
@@ -33,7 +33,7 @@ def _faiss_threads(one_faiss_thread):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from tests.hf_tiny import build_tiny_clip, build_tiny_siglip
+    from bench.hf_tiny import build_tiny_clip, build_tiny_siglip
 
     root = tmp_path_factory.mktemp("models")
     return {"clip": build_tiny_clip(root / "clip"), "siglip": build_tiny_siglip(root / "siglip")}
@@ -223,7 +223,7 @@ def test_cli_refusals_are_one_line(indexed, models, tmp_path):
 
 
 def test_cli_index_builds_then_reports_up_to_date(tmp_path):
-    from tests.synthetic import write_synthetic_run
+    from bench.synthetic import write_synthetic_run
 
     run = write_synthetic_run(str(tmp_path / "out"), 600, 16, part_rows=300)
     result = cli("index", run.path, "--kind", "flat", "-q")
@@ -244,7 +244,7 @@ def test_cli_index_builds_then_reports_up_to_date(tmp_path):
 def test_opening_an_index_imports_neither_torch_nor_beam(indexed):
     """torch arrives with the embedder on the first text or image query, Beam never."""
     code = (
-        "import sys; from vlpipe.index.search import Searcher; import vlpipe.cli.search;"
+        "import sys; from vlpipe.search.searcher import Searcher; import vlpipe.cli.search;"
         f"s = Searcher.open({indexed['out']!r}); s.search_vectors(s._index.reconstruct(0), 3);"
         "print(sorted(m for m in ('torch', 'transformers', 'apache_beam') if m in sys.modules))"
     )

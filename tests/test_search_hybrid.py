@@ -12,17 +12,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO
-from tests.synthetic import part_table, write_manifest
+from bench.synthetic import part_table, write_manifest
+from tests.helpers.paths import REPO
 from vlpipe.errors import VlpipeError
 from vlpipe.index.build import build_index
-from vlpipe.index.hits import COMMON_WEIGHT, RARE_SHARE, RARE_WEIGHT, RRF_K, Hit, fuse
-from vlpipe.index.search import (
+from vlpipe.index.store import IndexDir
+from vlpipe.rundir import PARTS, RunDir, write_table_atomic
+from vlpipe.search.hits import COMMON_WEIGHT, RARE_SHARE, RARE_WEIGHT, RRF_K, Hit, fuse
+from vlpipe.search.searcher import (
     KEYWORD_DEFAULT,
     Searcher,
 )
-from vlpipe.index.store import IndexDir
-from vlpipe.rundir import PARTS, RunDir, write_table_atomic
 
 DIM = 16
 WORDS = ("dog", "cat", "grass", "beach", "ball", "child", "street", "bike", "water", "snow")
@@ -209,7 +209,7 @@ def test_fuse_is_reciprocal_rank_fusion():
 
 def test_search_imports_bm25s_only_for_keywords(indexed):
     code = (
-        "import sys; from vlpipe.index.search import Searcher; import numpy as np\n"
+        "import sys; from vlpipe.search.searcher import Searcher; import numpy as np\n"
         f"s = Searcher.open({str(indexed['out'])!r})\n"
         f"s.search_vectors(np.ones((1, {DIM}), np.float32), 3)\n"
         "assert 'bm25s' not in sys.modules, 'bm25s imported before a keyword query'\n"

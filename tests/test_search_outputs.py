@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from tests.where_run import write_run
+from tests.helpers.where_run import write_run
 from vlpipe.index.build import build_index
-from vlpipe.index.results import attach, hits_table, write_hits
-from vlpipe.index.search import Searcher
 from vlpipe.rundir import RunDir
+from vlpipe.search.results import attach, hits_table, write_hits
+from vlpipe.search.searcher import Searcher
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_cli_output_and_one_line_refusals(indexed, tmp_path):
 def test_an_approximate_index_returns_all_k_hits_for_a_large_k(tmp_path, kind):
     """Tuned for top-10, one HNSW or IVF search reaches a few hundred rows; k=3,000 must still
     give 3,000, the same set as an exact search."""
-    from tests.synthetic import write_synthetic_run
+    from bench.synthetic import write_synthetic_run
 
     write_synthetic_run(str(tmp_path / "run"), 4000, 16)
     assert build_index(str(tmp_path / "run"), progress=False, kind=kind)["kind"] == kind

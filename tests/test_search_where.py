@@ -14,17 +14,17 @@ import faiss
 import numpy as np
 import pytest
 
-from tests.synthetic import clustered_vectors
-from tests.where_run import DIM, oracle_rows, sqlite_oracle, write_run
+from bench.synthetic import clustered_vectors
+from tests.helpers.where_run import DIM, oracle_rows, sqlite_oracle, write_run
 from vlpipe.errors import VlpipeError
-from vlpipe.index import filtered
 from vlpipe.index.build import build_index
-from vlpipe.index.filtered import filtered_search
-from vlpipe.index.search import Searcher
 from vlpipe.index.tune import make_queries
-from vlpipe.index.where import parse_where
-from vlpipe.index.where_rows import matching_rows, run_schema
 from vlpipe.rundir import RunDir
+from vlpipe.search import filtered
+from vlpipe.search.filtered import filtered_search
+from vlpipe.search.searcher import Searcher
+from vlpipe.search.where import parse_where
+from vlpipe.search.where_rows import matching_rows, run_schema
 
 K = 10
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-from tests.conftest import EXAMPLES
-from tests.test_eval import write_run_dir
+from tests.helpers.runs import INDEXED_PHOTOS as N_PHOTOS
+from tests.helpers.runs import make_indexed_run
 
 pytest.importorskip("starlette", reason="needs the 'serve' extra: pip install 'vlpipe[serve]'")
 pytest.importorskip("multipart", reason="needs the 'serve' extra: pip install 'vlpipe[serve]'")
@@ -22,43 +20,6 @@ from starlette.testclient import TestClient  # noqa: E402
 from vlpipe.serve.app import Limits, create_app  # noqa: E402
 from vlpipe.serve.thumbnails import ThumbnailCache  # noqa: E402
 
-N_PHOTOS = 12
-
-
-def make_indexed_run(root: Path) -> tuple[Path, dict[str, str]]:
-    """A run dir over N_PHOTOS example photos (captioned with a human caption each) plus one
-    indexed file that is not an image, with a built index. Returns (run dir, name -> caption)."""
-    from tests.hf_tiny import build_tiny_clip
-    from vlpipe.index.build import build_index
-    from vlpipe.models.registry import load_embedder
-
-    clip = build_tiny_clip(root / "tiny-clip")
-    embedder = load_embedder(str(clip), device="cpu")
-    with open(EXAMPLES.parent / "captions.csv", newline="") as f:
-        captions = {}
-        for row in csv.DictReader(f):
-            captions.setdefault(row["image"], row["caption"])
-    images = root / "images"
-    images.mkdir()
-    names = sorted(captions)[:N_PHOTOS]
-    for name in names:
-        shutil.copy(EXAMPLES / name, images / name)
-    (images / "notes.jpg").write_bytes(b"<html>not an image</html>")
-    pixels = torch.stack(
-        [embedder.preprocess(Image.open(images / n).convert("RGB")) for n in names]
-    )
-    vectors = list(embedder.embed_images(pixels))
-    rows = [
-        {"uri": str(images / n), "caption": captions[n], "embedding": v}
-        for n, v in zip(names, vectors, strict=True)
-    ]
-    # the file that is not an image gets a vector far from every photo's: no ties
-    notes = {"uri": str(images / "notes.jpg"), "caption": "a text file", "embedding": -vectors[0]}
-    rows.append(notes)
-    out = write_run_dir(root / "out", str(clip), embedder, rows)
-    build_index(str(out), progress=False)
-    return out, {n: captions[n] for n in names}
-
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):
@@ -67,7 +28,7 @@ def indexed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def searcher(indexed):
-    from vlpipe.index.search import Searcher
+    from vlpipe.search.searcher import Searcher
 
     return Searcher.open(str(indexed[0]), device="cpu")
 
@@ -328,8 +289,8 @@ def test_raw_traversal_paths_on_a_real_server(live_url, raw_path):
 @pytest.fixture(scope="module")
 def dedup_client(tmp_path_factory):
     """A client over a real run (mini models) of photos and copies of them, deduplicated."""
-    from tests.test_dedup_report import make_dedup_run
-    from vlpipe.index.search import Searcher
+    from tests.helpers.runs import make_dedup_run
+    from vlpipe.search.searcher import Searcher
 
     out, expected = make_dedup_run(tmp_path_factory.mktemp("serve-dedup"))
     app = create_app(Searcher.open(str(out)), ThumbnailCache(tmp_path_factory.mktemp("dt")))
@@ -380,7 +341,7 @@ def test_duplicates_without_dedup_output_is_a_json_404(client):
 
 
 def test_search_collapses_duplicates_when_asked(dedup_client):
-    from tests.test_dedup_report import N_PHOTOS
+    from tests.helpers.runs import DEDUP_PHOTOS as N_PHOTOS
 
     client, expected = dedup_client
     params = {"q": "a dog", "k": 100}

@@ -17,8 +17,8 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_serve import make_indexed_run
+from tests.helpers.paths import REPO
+from tests.helpers.runs import make_indexed_run
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install)")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -185,7 +185,7 @@ def test_the_filter_field_narrows_the_results(page):
 def dup_server(tmp_path_factory):
     """`vlpipe serve` over a real run (mini models) of photos and copies, deduplicated."""
     pytest.importorskip("uvicorn", reason="needs the 'serve' extra")
-    from tests.test_dedup_report import make_dedup_run
+    from tests.helpers.runs import make_dedup_run
 
     root = tmp_path_factory.mktemp("browser-dedup")
     out, expected = make_dedup_run(root)
@@ -229,7 +229,7 @@ def test_duplicates_view_shows_each_cluster_side_by_side(dup_page, dup_server):
 
 
 def test_collapse_duplicates_shows_each_cluster_once(dup_page, dup_server):
-    from tests.test_dedup_report import N_PHOTOS
+    from tests.helpers.runs import DEDUP_PHOTOS as N_PHOTOS
 
     _, expected = dup_server
     page = dup_page

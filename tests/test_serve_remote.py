@@ -16,12 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.s3_server import s3_server  # noqa: F401 - session fixture
-from tests.synthetic import clustered_vectors, part_table, write_manifest, write_part
+from bench.synthetic import clustered_vectors, part_table, write_manifest, write_part
+from tests.helpers.s3_server import s3_server  # noqa: F401 - session fixture
 from vlpipe.index.build import build_index
-from vlpipe.index.search import Searcher
 from vlpipe.rundir import PARTS, RunDir
 from vlpipe.schema import image_id
+from vlpipe.search.searcher import Searcher
 
 pytest.importorskip("starlette", reason="needs the 'serve' extra: pip install 'vlpipe[serve]'")
 pytest.importorskip("multipart", reason="needs the 'serve' extra: pip install 'vlpipe[serve]'")

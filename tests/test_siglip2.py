@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import EXAMPLES
+from tests.helpers.paths import EXAMPLES
 from vlpipe.cli import main
 from vlpipe.models.describe import describe_embedder
 from vlpipe.models.registry import load_embedder
@@ -25,7 +25,7 @@ TEXTS = ["a dog running on the grass", "two children playing in the water", "red
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
-    from tests.hf_tiny import build_tiny_siglip2
+    from bench.hf_tiny import build_tiny_siglip2
 
     return build_tiny_siglip2(tmp_path_factory.mktemp("siglip2") / "model")
 

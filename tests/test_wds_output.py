@@ -1,5 +1,5 @@
-"""WebDataset shards (vlpipe.transforms.wds) read back with the real `webdataset` package, and
-JPEG thumbnails (vlpipe.transforms.thumbnails)."""
+"""WebDataset shards (vlpipe.worker.wds) read back with the real `webdataset` package, and
+JPEG thumbnails (vlpipe.images.thumbnails)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from vlpipe.images.thumbnails import make_thumbnail
 from vlpipe.schema import image_id
-from vlpipe.transforms.thumbnails import make_thumbnail
-from vlpipe.transforms.wds import WdsWriter, image_extension, jsonable
+from vlpipe.worker.wds import WdsWriter, image_extension, jsonable
 
 webdataset = pytest.importorskip("webdataset")
 

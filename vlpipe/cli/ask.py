@@ -41,7 +41,7 @@ def command(
 ) -> None:
     """Answer QUESTION about each of the top-k images of a search (--about TEXT, default the
     question itself) in --index, or about one --image FILE."""
-    from vlpipe.index.ask import Asker
+    from vlpipe.search.ask import Asker
 
     if not 1 <= k <= MAX_K:
         raise VlpipeError(f"-k must be between 1 and {MAX_K}, got {k}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from vlpipe.images import DEFAULT_MAX_PIXELS
 from vlpipe.storage import DEFAULT_RETRIES
-from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
 
 
 @click.command(
@@ -103,9 +103,9 @@ from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS
 def command(ctx: click.Context, source: str, output: str, **kw) -> None:
     """Caption and embed every image of SOURCE: a directory, glob, fsspec URL, manifest
     (.parquet/.csv/.jsonl) or WebDataset tar shards ('shards/{00000..00009}.tar')."""
+    from vlpipe.api import run_and_index
     from vlpipe.models.prompting import Prompting, parse_asks
     from vlpipe.pipeline.options import RunConfig
-    from vlpipe.pipeline.run import run
 
     config = RunConfig(
         source=source,
@@ -140,7 +140,7 @@ def command(ctx: click.Context, source: str, output: str, **kw) -> None:
             kw["prompt"], parse_asks(kw["asks"]), kw["max_image_pixels"], kw["candidates"]
         ),
     )
-    summary = run(config, echo=click.echo)
+    summary = run_and_index(config, echo=click.echo)
     for line in summary.lines():
         click.echo(line)
     if summary.index:

@@ -89,8 +89,8 @@ def command(
             "give exactly one of QUERY, --image or --queries"
             + (f" (got {' and '.join(given)})" if given else "")
         )
-    from vlpipe.index.results import MAX_K_OUT
-    from vlpipe.index.search import Searcher
+    from vlpipe.search.results import MAX_K_OUT
+    from vlpipe.search.searcher import Searcher
 
     limit = MAX_K_OUT if output else SCREEN_K
     if not 1 <= k <= limit:
@@ -112,11 +112,11 @@ def command(
         labels, kind = texts, "text"
         results = searcher.search_text(texts, k, mode=mode, where=where, dedup=dedup)
     if wanted or embeddings:
-        from vlpipe.index.results import attach
+        from vlpipe.search.results import attach
 
         attach(searcher.rows(), results, wanted, embeddings)
     if output:
-        from vlpipe.index.results import hits_table, write_hits
+        from vlpipe.search.results import hits_table, write_hits
 
         write_hits(output, hits_table(labels, results, wanted))
         count = sum(len(h) for h in results)

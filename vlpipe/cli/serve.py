@@ -31,7 +31,7 @@ def command(
             f"vlpipe serve needs the 'serve' extra ({exc.name} is missing): "
             "pip install 'vlpipe[serve]'"
         ) from None
-    from vlpipe.index.search import Searcher
+    from vlpipe.search.searcher import Searcher
     from vlpipe.serve.thumbnails import ThumbnailCache, default_cache_dir
 
     searcher = Searcher.open(index, device=device)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from vlpipe.reading.sources import read_source
 from vlpipe.rundir import TMP_PREFIX
 from vlpipe.schema import RESERVED_COLUMNS
-from vlpipe.transforms.wds import WdsWriter
+from vlpipe.worker.wds import WdsWriter
 
 MANIFEST = "manifest.parquet"
 MAX_SOURCE_BYTES = 256 * 2**20

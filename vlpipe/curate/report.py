@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vlpipe.index.where import tokenize
+from vlpipe.search.where import tokenize
 
 REPORT = "report.html"
 BINS = 40

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 from vlpipe.curate import formats, report, select
 from vlpipe.errors import VlpipeError
 from vlpipe.images.quality import COLUMNS as SIGNALS
-from vlpipe.reading.sources import read_source, thumbnail_jpeg
+from vlpipe.images.thumbnails import thumbnail_jpeg
+from vlpipe.reading.sources import read_source
 from vlpipe.rundir import RunDir, write_atomic
 
 SUMMARY = "curate.json"

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 
 from vlpipe.errors import VlpipeError
 from vlpipe.images.quality import COLUMNS as SIGNALS
-from vlpipe.index.where import Where, parse_where, tokenize
-from vlpipe.index.where_rows import run_schema
 from vlpipe.rundir import CLUSTERS, DEDUP, PARTS, RunDir
+from vlpipe.search.where import Where, parse_where, tokenize
+from vlpipe.search.where_rows import run_schema
 
 BATCH_ROWS = 8192
 _ROW = "__vlpipe_row"

@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 
 from vlpipe.dedup.output import read_summary
 from vlpipe.errors import VlpipeError
-from vlpipe.reading.sources import ThumbnailError, read_source, thumbnail_jpeg
+from vlpipe.images.thumbnails import ThumbnailError, thumbnail_jpeg
+from vlpipe.reading.sources import read_source
 from vlpipe.rundir import CLUSTERS, DEDUP, RunDir, write_atomic
 
 log = logging.getLogger(__name__)

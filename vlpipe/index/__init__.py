@@ -1,0 +1,1 @@
+"""Building indexes over a run's embeddings (vlpipe.search answers queries over them)."""

@@ -77,6 +77,16 @@ class IndexDir:
         return posixpath.join(self.folder, name)
 
     @property
+    def run_root(self) -> str:
+        """The run directory this index belongs to: the one place that maps an index folder to
+        its run (the run's parts, dedup clusters and manifest sit beside index/)."""
+        return posixpath.dirname(self.folder)
+
+    def run_path(self, *names: str) -> str:
+        """A path inside the run directory, e.g. `run_path(PARTS)`."""
+        return posixpath.join(self.run_root, *names)
+
+    @property
     def is_local(self) -> bool:
         return "file" in _protocols(self.fs)
 

@@ -44,7 +44,7 @@ def load_captioner(
     """`prompting` (a prompt, questions, candidates) is for prompted captioners only."""
     refuse_open_clip_captioner(name)
     if _is_mini(name):
-        from vlpipe.models.mini import load_mini
+        from vlpipe.models.mini.model import load_mini
         from vlpipe.models.prompting import takes_no_prompt
 
         if prompting is not None and (prompting.prompt is not None or prompting.asks):
@@ -59,7 +59,7 @@ def load_captioner(
 
 def load_embedder(name: str, device: str = "auto", precision: str = "auto") -> Embedder:
     if _is_mini(name):
-        from vlpipe.models.mini import load_mini
+        from vlpipe.models.mini.model import load_mini
 
         return load_mini(None if name == BUILTIN else name, device=device, precision=precision)
     if name.startswith(OPEN_CLIP):

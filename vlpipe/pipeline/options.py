@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from vlpipe.errors import VlpipeError
+from vlpipe.images.decode import DEFAULT_MAX_PIXELS, Filters
 from vlpipe.models.prompting import Prompting
 from vlpipe.storage import DEFAULT_RETRIES
-from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, Filters
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 RUNNER_ALIASES = {"dask": DASK_RUNNER, "daskrunner": DASK_RUNNER}

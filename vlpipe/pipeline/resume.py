@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from vlpipe.errors import VlpipeError
+from vlpipe.images.decode import Filters
 from vlpipe.reading.specs import ShardSpec
 from vlpipe.rundir import (
     DONE,
@@ -32,9 +33,8 @@ from vlpipe.rundir import (
 )
 from vlpipe.schema import STAGE_FILTER
 from vlpipe.storage import StorageError, is_object_store, listing, put
-from vlpipe.transforms.decode import Filters
-from vlpipe.transforms.shard import ShardWork
-from vlpipe.transforms.write import is_part_name, part_name
+from vlpipe.worker.shard import ShardWork
+from vlpipe.worker.write import is_part_name, part_name
 
 CORRUPT = "corrupt"
 #: the output layout this code writes (1: resume by image_id, no done markers)

@@ -1,8 +1,9 @@
-"""`vlpipe run`: plan shard specs, skip done ones, process the rest with Beam, count, index.
+"""`vlpipe run`: plan shard specs, skip done ones, process the rest with Beam, count.
 
 driver:  source ─► plan (streamed specs) ─► drop done specs (markers) ─► Beam
 workers: ProcessShard(spec) ─► parts every shard-size inputs ─► done marker
-driver:  sum the markers' counts ─► manifest.json + _SUCCESS ─► index
+driver:  sum the markers' counts ─► manifest.json + _SUCCESS
+(vlpipe.api then builds the index: the pipeline never imports the index builder)
 
 The driver's memory grows with the number of specs (about 1 KB each), never with the number of
 images; it opens no image and no tar, and loads no model weights.
@@ -33,14 +34,15 @@ from vlpipe.reading.specs import KIND_MANIFEST, KIND_PAGE, ShardSpec
 from vlpipe.rundir import PLAN, PROGRESS, SUCCESS, RunDir, write_atomic
 from vlpipe.schema import RESERVED_COLUMNS, SCHEMA_VERSION
 from vlpipe.storage import StorageError, configure_retries
-from vlpipe.transforms.handlers import VlpipeModelHandler
-from vlpipe.transforms.shard import ProcessShard, ShardOptions, ShardWork
+from vlpipe.worker.handlers import VlpipeModelHandler
+from vlpipe.worker.shard import ProcessShard, ShardOptions, ShardWork
 
 __all__ = ["RunSummary", "run"]
 
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
-    """The whole `vlpipe run`; raises VlpipeError for anything the user can fix."""
+    """The pipeline part of `vlpipe run` (vlpipe.api.run_and_index adds the index); raises
+    VlpipeError for anything the user can fix."""
     config.validate()
     started = time.time()
     configure_retries(config.storage_retries)
@@ -91,10 +93,6 @@ def _run(
         run_dir.remove(PLAN)
         run_dir.remove(PROGRESS)
         write_atomic(run_dir.fs, run_dir.join(SUCCESS), b"")
-        if config.build_index and summary.written and config.mode()["embeddings"]:
-            from vlpipe.index.build import build_index
-
-            summary.index = build_index(config.output, progress=config.progress)
     return summary
 
 

@@ -1,21 +1,22 @@
 """The bytes of an indexed image, read again to make its thumbnail or to query with it.
 
 Here, below the layers that need it (serve's thumbnails and image queries, dedup's report), so
-none of them imports another to read a source. An indexed uri is whatever the pipeline read: a
-local path, any fsspec URL (`s3://`, `gs://`, `memory://`), or a member of a tar shard, which
-the pipeline names `<tar url>#<member name>` (vlpipe.reading.tars). Every read is capped at
+none of them imports another to read a source (vlpipe.images.thumbnails makes the thumbnail).
+An indexed uri is whatever the pipeline read: a local path, any fsspec URL (`s3://`, `gs://`,
+`memory://`), or a member of a tar shard, which the pipeline names `<tar url>#<member name>`
+(vlpipe.reading.tars). Every read is capped at
 `max_bytes`, and every way a source can fail to read is one ThumbnailError, so a request or a
 report never ends in a traceback.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import tarfile
 
 import fsspec
 
+from vlpipe.images.thumbnails import ThumbnailError
 from vlpipe.reading.files import TAR_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -23,14 +24,6 @@ log = logging.getLogger(__name__)
 #: bytes fetched per request while walking a tar's headers on object storage: headers sit between
 #: members, so a small block re-fetches little; seeks skip the members in between
 TAR_BLOCK = 1 << 20
-
-
-class ThumbnailError(Exception):
-    """The source image of a thumbnail cannot be read (`missing`) or decoded."""
-
-    def __init__(self, message: str, missing: bool = False):
-        super().__init__(message)
-        self.missing = missing
 
 
 def read_source(uri: str, max_bytes: int) -> bytes:
@@ -108,23 +101,3 @@ def _unreadable(what: str, exc: BaseException) -> ThumbnailError:
     log.debug("cannot read %s", what, exc_info=exc)
     reason = " ".join(str(exc).split()) or type(exc).__name__
     return ThumbnailError(f"cannot read {what}: {reason}", missing=True)
-
-
-def thumbnail_jpeg(data: bytes, size: int, quality: int = 85) -> bytes:
-    """A JPEG of the image in `data`, at most `size` px on its longer side (raises ThumbnailError).
-
-    Decoded by the pipeline's guarded decoder (pixel limit, JPEG draft at `size`), so a hostile
-    or huge file costs what a pipeline row does and fails the same way.
-    """
-    # the decoder is a leaf module (PIL and numpy only); imported here so that reading a source
-    # does not load Pillow's plugins
-    from vlpipe.transforms.decode import DecodeError, FilterError, decode_image
-
-    try:
-        image = decode_image(data, size).image
-    except (DecodeError, FilterError) as exc:
-        raise ThumbnailError(f"cannot decode the indexed image: {exc}") from None
-    image.thumbnail((size, size))
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=quality, optimize=True)
-    return buf.getvalue()

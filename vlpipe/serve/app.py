@@ -38,9 +38,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from vlpipe.errors import VlpipeError
-from vlpipe.index.ask import answer_columns
-from vlpipe.index.results import jsonable
-from vlpipe.reading.sources import ThumbnailError, read_source
+from vlpipe.images.thumbnails import ThumbnailError
+from vlpipe.reading.sources import read_source
+from vlpipe.search.ask import answer_columns
+from vlpipe.search.results import jsonable
 from vlpipe.serve.duplicates import duplicates_route
 from vlpipe.serve.signals import signal_columns
 from vlpipe.serve.stored import StoredThumbnails
@@ -92,8 +93,8 @@ class SearchService:
             return self._page(hits, opts)
 
     def ask(self, question: str, about: str | None, k: int, where: str | None) -> list:
-        """Answers (vlpipe.index.ask) about the top-k hits, one question at a time."""
-        from vlpipe.index.ask import Asker, run_captioner
+        """Answers (vlpipe.search.ask) about the top-k hits, one question at a time."""
+        from vlpipe.search.ask import Asker, run_captioner
 
         with self._lock:
             if self._asker is None:
@@ -107,13 +108,13 @@ class SearchService:
         columns = [*opts.columns, *self.answer_columns, *self.signal_columns]
         columns = list(dict.fromkeys(columns))
         if columns or opts.embeddings:
-            from vlpipe.index.results import attach
+            from vlpipe.search.results import attach
 
             attach(self.searcher.rows(), [hits], columns, opts.embeddings)
         return hits
 
     def by_image(self, data: bytes, k: int, opts: Options | None = None) -> list:
-        from vlpipe.transforms.decode import DecodeError, decode_image
+        from vlpipe.images.decode import DecodeError, decode_image
 
         try:
             image = decode_image(data, self.limits.decode_min_side).image
@@ -200,7 +201,7 @@ class Options:
 
 
 def _parse_options(request: Request, k: int) -> Options:
-    from vlpipe.index.results import MAX_K_OUT
+    from vlpipe.search.results import MAX_K_OUT
 
     params = request.query_params
     try:

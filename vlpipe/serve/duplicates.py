@@ -11,7 +11,6 @@ request, so `vlpipe dedup` can run while the server does.
 
 from __future__ import annotations
 
-import posixpath
 import threading
 
 import numpy as np
@@ -46,7 +45,7 @@ class Duplicates:
 
     @property
     def path(self) -> str:
-        return posixpath.join(posixpath.dirname(self.searcher.store.folder), CLUSTERS)
+        return self.searcher.store.run_path(CLUSTERS)
 
     def load(self) -> bool:
         """Reads the clusters once they exist; False while the run has no dedup output."""

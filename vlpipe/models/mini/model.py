@@ -21,6 +21,7 @@ from vlpipe.errors import VlpipeError
 from vlpipe.models.base import CaptionEmbedder, resolve_device, resolve_dtype
 from vlpipe.models.mini import (
     CONFIG_NAME,
+    SHIPPED_DIR,
     WEIGHTS_NAME,
     load_weights,
     quantize,
@@ -211,3 +212,8 @@ class MiniModel(CaptionEmbedder):
 
 def _part(state: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_mini(path: str | None = None, device: str = "auto", precision: str = "auto") -> MiniModel:
+    """The shipped model (path None) or a trained directory."""
+    return MiniModel.load(path or SHIPPED_DIR, device=device, precision=precision)

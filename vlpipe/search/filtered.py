@@ -1,4 +1,4 @@
-"""Vector search restricted to the index rows a filter keeps (vlpipe.index.where_rows).
+"""Vector search restricted to the index rows a filter keeps (vlpipe.search.where_rows).
 
 Two ways, chosen by how many rows survive (`use_exact`):
 
@@ -28,13 +28,13 @@ Two ways, chosen by how many rows survive (`use_exact`):
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from vlpipe.search.threads import threads_for
 
 EXACT_ROWS = 20_000
 EXACT_FRACTION = 0.01
@@ -68,7 +68,7 @@ def filtered_search(
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(allowed) == 0:
         return _empty(len(vectors), k)
-    with _threads_for(len(vectors)):
+    with threads_for(len(vectors)):
         if exact if exact is not None else use_exact(len(allowed), size):
             return exact_search(index, vectors, k, allowed)
         return selector_search(index, vectors, k, allowed, size)
@@ -208,21 +208,3 @@ def _pad(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 
 def _empty(queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((queries, k), -np.inf, np.float32), np.full((queries, k), -1, np.int64)
-
-
-@contextlib.contextmanager
-def _threads_for(queries: int) -> Iterator[None]:
-    """One OpenMP thread for a handful of queries, as Searcher._search (see ONE_THREAD_BELOW)."""
-    import faiss
-
-    from vlpipe.index.search import ONE_THREAD_BELOW
-
-    if queries >= ONE_THREAD_BELOW:
-        yield
-        return
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(threads)

@@ -25,19 +25,19 @@ from dataclasses import dataclass, field
 
 import apache_beam as beam
 
+from vlpipe.images.decode import Filters
 from vlpipe.images.quality import flag_counts
 from vlpipe.reading.records import spec_records
 from vlpipe.reading.specs import Record, ShardSpec
 from vlpipe.rundir import FAILED, PARTS, WDS, RunDir
 from vlpipe.schema import STAGE_INFER
 from vlpipe.storage import DEFAULT_RETRIES, configure_retries
-from vlpipe.transforms.decode import Filters
-from vlpipe.transforms.devices import worker_device
-from vlpipe.transforms.handlers import Models, PreparedImage, VlpipeModelHandler
-from vlpipe.transforms.prefetch import prepare_ahead
-from vlpipe.transforms.progress import WorkerProgress
-from vlpipe.transforms.wds import WdsWriter
-from vlpipe.transforms.write import (
+from vlpipe.worker.devices import worker_device
+from vlpipe.worker.handlers import Models, PreparedImage, VlpipeModelHandler
+from vlpipe.worker.prefetch import prepare_ahead
+from vlpipe.worker.progress import WorkerProgress
+from vlpipe.worker.wds import WdsWriter
+from vlpipe.worker.write import (
     failure_row,
     failures_table,
     part_name,

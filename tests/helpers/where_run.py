@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 
-from tests.synthetic import clustered_vectors, part_table, write_manifest
+from bench.synthetic import clustered_vectors, part_table, write_manifest
 from vlpipe.rundir import PARTS, RunDir, write_table_atomic
 from vlpipe.schema import image_id
 

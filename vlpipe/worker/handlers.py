@@ -5,7 +5,7 @@ The handler plugs into Beam's `RunInference` in a user's own pipeline:
     images | beam.Map(prepare_image, models) | RunInference(VlpipeModelHandler(...))
 
 vlpipe's own pipeline drives the same handler from a shard-level DoFn instead (see
-`transforms/shard.py` for why), so both paths share one implementation of batching and inference.
+`worker/shard.py` for why), so both paths share one implementation of batching and inference.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler
 
+from vlpipe.images.decode import DEFAULT_MAX_PIXELS, Filters, decode_image
+from vlpipe.images.fingerprints import phash, sha256
 from vlpipe.images.quality import quality
+from vlpipe.images.thumbnails import make_thumbnail
 from vlpipe.models.base import CaptionEmbedder, Captioner, Embedder
 from vlpipe.models.prompting import Prompting
 from vlpipe.models.score_base import Scorer
-from vlpipe.transforms.decode import DEFAULT_MAX_PIXELS, Filters, decode_image
-from vlpipe.transforms.fingerprints import phash, sha256
-from vlpipe.transforms.prompted import captions_and_columns
-from vlpipe.transforms.thumbnails import make_thumbnail
+from vlpipe.worker.prompted import captions_and_columns
 
 
 @dataclass
@@ -63,7 +63,7 @@ class PreparedImage:
     orig_height: int = 0
     nbytes: int = 0
     format: str = ""
-    phash: int | None = None  # of the decoded image (vlpipe.transforms.fingerprints)
+    phash: int | None = None  # of the decoded image (vlpipe.images.fingerprints)
     sha256: str | None = None  # of the bytes read
     thumbnail: bytes | None = None  # a small JPEG, when the run stores them
     raw: bytes | None = None  # the bytes as read, when the run also writes WebDataset tars

@@ -8,7 +8,6 @@ clusters do not name (added since the last dedup) stand for themselves.
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import replace
 
 import numpy as np
@@ -28,7 +27,7 @@ class Collapser:
 
     @classmethod
     def load(cls, store: IndexDir, idmap) -> Collapser:
-        path = posixpath.join(posixpath.dirname(store.folder), CLUSTERS)
+        path = store.run_path(CLUSTERS)
         if not store.fs.exists(path):
             raise VlpipeError(
                 "no duplicate clusters to collapse: run `vlpipe dedup <run dir>` first"

@@ -4,8 +4,8 @@ Real embeddings are clumpy: many near-duplicates in some regions, sparse elsewhe
 are a Gaussian mixture on the unit sphere with Zipf-like cluster sizes and varied spreads, so an
 approximate index has real work to do (exact top-10 sets cross cluster borders).
 
-A test and benchmark helper, so it lives in tests/ rather than the vlpipe package: the tests and
-bench/bench_index.py (run from the repository root) import it as `tests.synthetic`.
+Shared by the tests and the benchmarks, so it lives in bench/ (which imports no test module): the
+tests and bench/bench_index.py (run from the repository root) import it as `bench.synthetic`.
 """
 
 from __future__ import annotations

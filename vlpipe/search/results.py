@@ -1,7 +1,7 @@
 """Hits with more than rank, score and uri: the run's columns and embeddings, and many queries'
 hits written as one Parquet file.
 
-Columns and embeddings come from the parts through the id map's locations (vlpipe.index.rows):
+Columns and embeddings come from the parts through the id map's locations (vlpipe.search.rows):
 a search with k=10,000 reads the row groups its hits live in, never whole columns.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from vlpipe.errors import VlpipeError
-from vlpipe.index.rows import RowReader
+from vlpipe.search.rows import RowReader
 
 #: hits per query a `--output` file or a page of the API may ask for
 MAX_K_OUT = 10_000

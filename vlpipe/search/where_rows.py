@@ -1,4 +1,4 @@
-"""Which index rows a search filter (vlpipe.index.where) keeps, evaluated over the run's parts.
+"""Which index rows a search filter (vlpipe.search.where) keeps, evaluated over the run's parts.
 
 Only the filter's columns are read (Parquet column projection), batch by batch, so a filter on
 `license` over a run of 1M rows reads one small column, never embeddings or thumbnails.
@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 from vlpipe.errors import VlpipeError
 from vlpipe.index.adder import id_bytes
 from vlpipe.index.store import LOCATION_COLUMNS, IndexDir
-from vlpipe.index.where import Where, parse_where
 from vlpipe.rundir import RunDir
+from vlpipe.search.where import Where, parse_where
 
 BATCH_ROWS = 65536
 CACHED_FILTERS = 8
@@ -167,7 +167,7 @@ class RowFilter:
     """Filters of one open index: the run's schema read once, recent filters' rows kept."""
 
     def __init__(self, store: IndexDir, meta: dict, idmap: pa.Table):
-        root = posixpath.dirname(store.folder)
+        root = store.run_root
         self.run = RunDir(store.fs.unstrip_protocol(root))
         self.run.fs, self.run.root = store.fs, root  # the index's filesystem, options and all
         self.store, self.meta, self._idmap = store, meta, idmap

@@ -20,7 +20,7 @@ from vlpipe.models.prompting import Prompting
 if TYPE_CHECKING:
     from PIL import Image
 
-    from vlpipe.index.search import Searcher
+    from vlpipe.search.searcher import Searcher
 
 #: hits answered per generate call
 ASK_BATCH = 8
@@ -62,7 +62,7 @@ class Asker:
         """`model` None: the run's captioner, which must be a prompted model."""
         searcher = None
         if index is not None:
-            from vlpipe.index.search import Searcher
+            from vlpipe.search.searcher import Searcher
 
             searcher = Searcher.open(index, device=device)
         if model is None:
@@ -157,8 +157,8 @@ def _check(text: str | None, what: str) -> str:
 
 def _read_hit(uri: str, min_side: int):
     """(image, None), or (None, why) when the source cannot be read or decoded."""
+    from vlpipe.images.decode import DecodeError, decode_image
     from vlpipe.reading.sources import ThumbnailError, read_source
-    from vlpipe.transforms.decode import DecodeError, decode_image
 
     try:
         return decode_image(read_source(uri, MAX_SOURCE_BYTES), min_side).image, None

@@ -19,10 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from vlpipe.errors import ReasonError
-
-#: Pillow's own default limit (about 89.5 MP): the same semantics as `Image.MAX_IMAGE_PIXELS`.
-DEFAULT_MAX_PIXELS: int = 89_478_485
+from vlpipe.images import DEFAULT_MAX_PIXELS
 
 #: Formats we decode. Restricting `Image.open` keeps exotic plugins (EPS runs Ghostscript, PSD,
 #: FITS, ...) away from untrusted bytes; MPO (multi-picture JPEGs from phones) opens as JPEG.
@@ -45,12 +42,20 @@ _ORIENTATION = 0x0112
 _pil_limit_lock = threading.Lock()
 
 
-class DecodeError(ReasonError):
+class ImageError(Exception):
+    """An image error with a short stable `reason` code (for counting) and a one-line message."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(" ".join(message.split()))
+        self.reason = reason
+
+
+class DecodeError(ImageError):
     """Bytes that are not a decodable image: reason is one of empty, not-an-image, truncated,
     corrupt, unsupported-mode."""
 
 
-class FilterError(ReasonError):
+class FilterError(ImageError):
     """An image skipped on purpose, from its header alone (before any pixel is decoded): reason
     is one of too-many-pixels, too-small, aspect."""
 

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vlpipe.errors import VlpipeError
-from vlpipe.index.hits import COMMON_WEIGHT, RARE_SHARE, RARE_WEIGHT, RRF_DEPTH, Hit, fuse
 from vlpipe.index.store import IndexDir
+from vlpipe.search.hits import COMMON_WEIGHT, RARE_SHARE, RARE_WEIGHT, RRF_DEPTH, Hit, fuse
+from vlpipe.search.threads import threads_for
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -23,10 +24,6 @@ if TYPE_CHECKING:
 
 MAX_K = 10_000  # the CLI allows 1,000 on screen, 10,000 into a file; the API pages to 10,000
 TEXT_BATCH = 64
-# Fewer queries than this run on one OpenMP thread: a handful of queries gains nothing from more,
-# and on a busy machine the threads' barrier spinning costs 5-20x (100k exact index, one query:
-# 10.5 ms on one thread, 66 ms on two while other processes held both cores).
-ONE_THREAD_BELOW = 16
 #: search_text's modes: vector (embedding similarity), keyword (BM25 over caption + alt text,
 #: vlpipe.index.keyword) and hybrid (reciprocal rank fusion of the two, `fuse`)
 MODES = ("vector", "keyword", "hybrid")
@@ -46,8 +43,8 @@ class Searcher:
         self._embedder: Embedder | None = None
         self._text_queries = None
         self._keyword = None  # vlpipe.index.keyword.KeywordIndex, read on first use
-        self._row_filter = None  # vlpipe.index.where_rows.RowFilter, made by the first filter
-        self._collapser = None  # vlpipe.index.collapse.Collapser, read by the first dedup search
+        self._row_filter = None  # vlpipe.search.where_rows.RowFilter, made by the first filter
+        self._collapser = None  # vlpipe.search.collapse.Collapser, read by the first dedup search
 
     @classmethod
     def open(cls, index: str, embedder: str | None = None, device: str = "cpu") -> Searcher:
@@ -155,7 +152,7 @@ class Searcher:
         self, vectors: np.ndarray, k: int, where: str | None = None, dedup: bool = False
     ) -> list[list[Hit]]:
         """Nearest indexed images by cosine similarity to each row of `vectors`. `where` (a
-        filter over the run's columns, vlpipe.index.where; None or blank: none) keeps only the
+        filter over the run's columns, vlpipe.search.where; None or blank: none) keeps only the
         images whose row satisfies it: k of them whenever k do."""
         import faiss
 
@@ -178,11 +175,11 @@ class Searcher:
     def _fill_short(self, vectors, k: int, scores: np.ndarray, rows: np.ndarray) -> None:
         """An approximate index tuned for top-10 returns a few hundred hits for k=10,000 (an
         HNSW graph's efSearch, an IVF's nprobe lists bound what one search reaches): queries
-        short of k are searched again, wider, then exactly (vlpipe.index.filtered)."""
+        short of k are searched again, wider, then exactly (vlpipe.search.filtered)."""
         short = np.flatnonzero((rows >= 0).sum(axis=1) < k)
         if len(short) == 0:
             return
-        from vlpipe.index.filtered import filtered_search
+        from vlpipe.search.filtered import filtered_search
 
         everything = np.arange(self.size, dtype=np.int64)
         scores[short], rows[short] = filtered_search(
@@ -193,7 +190,7 @@ class Searcher:
         """`search(depth)`'s hits with each near-duplicate cluster once: searched deeper (4x
         per try) until every query has k clusters, or the search reached every image."""
         if self._collapser is None:
-            from vlpipe.index.collapse import Collapser
+            from vlpipe.search.collapse import Collapser
 
             self._collapser = Collapser.load(self.store, self._idmap)
         k = self._check_k(k)
@@ -208,9 +205,9 @@ class Searcher:
 
     def filter_rows(self, where: str) -> np.ndarray:
         """Sorted index rows (id map rows) whose run row satisfies the filter `where`; one-line
-        VlpipeError when it is malformed or names unknown columns (vlpipe.index.where_rows)."""
+        VlpipeError when it is malformed or names unknown columns (vlpipe.search.where_rows)."""
         if self._row_filter is None:
-            from vlpipe.index.where_rows import RowFilter
+            from vlpipe.search.where_rows import RowFilter
 
             self._row_filter = RowFilter(self.store, self.meta, self._idmap)
         return self._row_filter.rows(where)
@@ -218,14 +215,14 @@ class Searcher:
     def _search_where(
         self, vectors: np.ndarray, k: int, where: str
     ) -> tuple[np.ndarray, np.ndarray]:
-        from vlpipe.index.filtered import filtered_search
+        from vlpipe.search.filtered import filtered_search
 
         return filtered_search(self._index, vectors, k, self.filter_rows(where), self.size)
 
     def rows(self):
         """A RowReader over this index's run: hits' columns and embeddings, read on demand."""
         if self._rows is None:
-            from vlpipe.index.rows import RowReader
+            from vlpipe.search.rows import RowReader
 
             self._rows = RowReader(self.store, self.meta)
         return self._rows
@@ -277,16 +274,8 @@ class Searcher:
         return results
 
     def _search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        import faiss
-
-        if len(vectors) >= ONE_THREAD_BELOW:
+        with threads_for(len(vectors)):
             return self._index.search(vectors, k)
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)  # the calling thread's setting only (an OpenMP ICV)
-        try:
-            return self._index.search(vectors, k)
-        finally:
-            faiss.omp_set_num_threads(threads)
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
         found = rows >= 0  # approximate indexes may return fewer than k

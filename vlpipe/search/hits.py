@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from vlpipe.index.results import jsonable
+from vlpipe.search.results import jsonable
 
 #: weighted reciprocal rank fusion (Cormack, Clarke & Buettcher, SIGIR 2009): a hybrid hit
 #: scores, over the two rankings that hold it, 1 / (RRF_K + vector rank) + w / (RRF_K + keyword
@@ -32,7 +32,7 @@ class Hit:
     #: which ranking found the hit: "vector", "keyword" or, in hybrid mode, "both"
     found_by: str = "vector"
     row: int = -1  # the index row (= id map row): where columns and the embedding are found
-    columns: dict | None = None  # run columns asked for (vlpipe.index.results.attach)
+    columns: dict | None = None  # run columns asked for (vlpipe.search.results.attach)
     embedding: np.ndarray | None = None  # the stored vector, when asked for
     #: with dedup: how many other copies the hit's near-duplicate cluster holds
     duplicates: int | None = None

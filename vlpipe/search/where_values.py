@@ -1,4 +1,4 @@
-"""Literals of a search filter (vlpipe.index.where) as Arrow scalars of their column's type.
+"""Literals of a search filter (vlpipe.search.where) as Arrow scalars of their column's type.
 
 Why check types at all: Arrow would cast or fail deep inside an evaluation, or quietly compare a
 number with a string column and match nothing. Checking each literal against its column when the

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vlpipe.errors import VlpipeError
-from vlpipe.index.where_values import Column, literal, printable, unquote
+from vlpipe.search.where_values import Column, literal, printable, unquote
 
 MAX_CHARS = 2000
 MAX_DEPTH = 32  # parentheses and NOTs; also bounds the parser's recursion

@@ -36,7 +36,7 @@ class RowReader:
                 " older vlpipe): rebuild it with `vlpipe index <run dir> --rebuild`"
             )
         self.store, self.meta = store, meta
-        self.parts_dir = posixpath.join(posixpath.dirname(store.folder), PARTS)
+        self.parts_dir = store.run_path(PARTS)
         self._locations: pa.Table | None = None
         self._starts: dict[str, list[int]] = {}
         self._schema: pa.Schema | None = None

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from tests.hf_tiny import WORDS
+from bench.hf_tiny import WORDS
 
 SEED = 0
 FAMILIES = ("llava", "qwen2_vl", "idefics3", "paligemma", "blip2")

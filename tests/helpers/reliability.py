@@ -12,18 +12,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.pipeline_helpers import FORMATS, image_bytes
+from tests.helpers.images import FORMATS, image_bytes
+from tests.helpers.paths import REPO
 from vlpipe.pipeline.options import RunConfig
 from vlpipe.rundir import RunDir
 from vlpipe.schema import image_id
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, str]:
     """Tiny random BLIP and CLIP checkpoints, built once for every module that asks."""
-    from tests.hf_tiny import build_tiny_blip, build_tiny_clip
+    from bench.hf_tiny import build_tiny_blip, build_tiny_clip
 
     root = tmp_path_factory.getbasetemp() / "reliability-models"
     if not (root / "built").exists():

@@ -6,8 +6,8 @@ BLIP-base / CLIP ViT-B/32 architectures (random weights) for honest GPU cost mea
 builder writes a directory that `from_pretrained` (and vlpipe's registry) loads like a hub download,
 and returns its path. A fixed seed makes a builder give the same weights on every call.
 
-A test and benchmark helper, so it lives in tests/ rather than the vlpipe package: the tests and
-bench/ (run from the repository root) import it as `tests.hf_tiny`.
+Shared by the tests and the benchmarks, so it lives in bench/ (which imports no test module): both
+(run from the repository root) import it as `bench.hf_tiny`.
 """
 
 from __future__ import annotations

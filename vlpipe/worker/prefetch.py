@@ -11,12 +11,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from vlpipe.images.decode import DecodeError, FilterError
 from vlpipe.reading.files import read_bytes
 from vlpipe.reading.specs import Record
 from vlpipe.schema import STAGE_DECODE, STAGE_FILTER, STAGE_INPUT, STAGE_READ
-from vlpipe.transforms.decode import DecodeError, FilterError
-from vlpipe.transforms.handlers import Models, PreparedImage, prepare_image
-from vlpipe.transforms.write import failure_row
+from vlpipe.worker.handlers import Models, PreparedImage, prepare_image
+from vlpipe.worker.write import failure_row
 
 #: records per decode task: a task per image would cost more than a missing file's whole path
 GROUP = 8

@@ -1,0 +1,1 @@
+"""The worker: ProcessShard reads a shard spec, decodes ahead, runs batched inference, writes."""
