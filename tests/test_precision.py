@@ -14,7 +14,7 @@ from PIL import Image
 from vlpipe.api import run_and_index as run
 from vlpipe.errors import VlpipeError
 from vlpipe.models import precision as prec
-from vlpipe.models.mini import load_mini
+from vlpipe.models.mini.model import load_mini
 from vlpipe.models.precision import resolve_precision
 from vlpipe.pipeline.options import RunConfig
 
