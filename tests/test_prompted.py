@@ -136,6 +136,37 @@ def test_questions_share_one_image_processor_pass(family, dirs, monkeypatch):
     assert answers[1] == alone
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_questions_share_one_vision_pass(family, dirs, monkeypatch):
+    """The vision tower encodes each image once for all its prompts (the families in
+    SHARED_VISION), and the answers are the same as when every sequence encodes its own copy."""
+    import functools
+
+    from vlpipe.models import prompted_batch
+
+    cap = load_captioner(dirs[family], device="cpu")
+    images = small_images()
+    prompts = [cap.prompt, "How many?", "Is there any text in this image?"]
+    encoded: list[int] = []
+    inner = getattr(cap.model, "model", None)
+    if inner is not None:
+        cls = type(inner)
+        encode = cls.get_image_features
+
+        @functools.wraps(encode)  # generate reads the signature
+        def counting(self, pixel_values, *args, **kw):
+            encoded.append(len(pixel_values))
+            return encode(self, pixel_values, *args, **kw)
+
+        monkeypatch.setattr(cls, "get_image_features", counting)
+    shared = cap.answers(images, prompts, max_tokens=5)
+    monkeypatch.setattr(prompted_batch, "SHARED_VISION", frozenset())
+    each = cap.answers(images, prompts, max_tokens=5)
+    assert shared == each
+    if family in ("llava", "qwen2_vl", "idefics3", "paligemma"):
+        assert len(encoded) == 2 and encoded[1] == 3 * encoded[0]  # 1 pass, then 3
+
+
 def test_default_prompts_and_chat_templates(dirs):
     llava = load_captioner(dirs["llava"], device="cpu")
     assert llava.prompt == "Describe this image in one sentence."
@@ -220,6 +251,8 @@ def test_run_with_questions_then_search(family, dirs, corpus, tmp_path):
 def test_each_image_is_preprocessed_once_however_many_questions(
     dirs, corpus, tmp_path, monkeypatch
 ):
+    import functools
+
     from transformers import CLIPImageProcessor  # the tiny LLaVA's
 
     calls: list[tuple[int, int]] = []
@@ -243,6 +276,17 @@ def test_each_image_is_preprocessed_once_however_many_questions(
     monkeypatch.setattr(PromptedCaptioner, "preprocess", counting_preprocess)
     monkeypatch.setattr(PromptedCaptioner, "_generate", counting_generate)
     monkeypatch.setattr(CLIPImageProcessor, "__call__", counting_images)
+    from transformers.models.llava.modeling_llava import LlavaModel
+
+    encoded: list[int] = []
+    encode = LlavaModel.get_image_features
+
+    @functools.wraps(encode)  # generate reads the signature
+    def counting_vision(self, pixel_values, *args, **kw):
+        encoded.append(len(pixel_values))
+        return encode(self, pixel_values, *args, **kw)
+
+    monkeypatch.setattr(LlavaModel, "get_image_features", counting_vision)
     asks = (("a", "Is it red?"), ("b", "How many?"), ("c", "Is there text?"))
     config = RunConfig(
         source=str(corpus), output=str(tmp_path / "o"), captioner=dirs["llava"],
@@ -253,6 +297,7 @@ def test_each_image_is_preprocessed_once_however_many_questions(
     assert summary.written == 5
     assert len(calls) == 5  # once per image, not once per (image, question)
     assert image_passes == [5]  # the image processor: once, for the caption and 3 questions
+    assert encoded == [5]  # the vision tower: once per image
     assert generates == [5 * 4]  # one generate call: the caption and 3 answers of 5 images
 
 

@@ -13,8 +13,8 @@ than re-implementing each family's image tokens, is what makes vlpipe's output e
 
 Questions: every image of a batch is decoded and preprocessed once (`preprocess`, one PIL image
 per row) and goes through the image processor once for all its prompts (prompted_batch.py); each
-(image, prompt) pair is one sequence of the same `generate` call, whose vision tower still
-encodes the image once per sequence.
+(image, prompt) pair is one sequence of the same `generate` call, and for the families in
+SHARED_VISION the vision tower encodes each image once for all of them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from PIL import Image
 from vlpipe.errors import VlpipeError
 from vlpipe.models.base import Captioner, resolve_device, resolve_dtype
 from vlpipe.models.hf_load import from_pretrained, place, quiet
-from vlpipe.models.prompted_batch import image_processor_once, merge_batches
+from vlpipe.models.prompted_batch import image_processor_once, merge_batches, vision_once
 from vlpipe.models.prompting import Prompting, settings_fingerprint
 
 #: processors that insert a model's image tokens themselves when the text has none
@@ -72,6 +72,7 @@ class PromptedCaptioner(Captioner):
         self.max_pixels = bound_image_tokens(processor, prompting.max_image_pixels)
         self.image_size = image_size(processor, self.max_pixels)
         self._lock = threading.Lock()  # a Rust tokenizer is not re-entrant
+        self._vision_lock = threading.Lock()  # vision_once patches the model for one call
         config = model.generation_config
         if config.pad_token_id is None:
             pad = self.tokenizer.pad_token_id
@@ -101,7 +102,9 @@ class PromptedCaptioner(Captioner):
         """For each image, one answer per prompt, all in one generate call; each image was
         decoded and preprocessed once, and goes through the image processor once for all the
         prompts (vlpipe.models.prompted_batch)."""
-        texts = self._decode(self._generate(self.inputs_per_prompt(images, prompts), max_tokens))
+        inputs = self.inputs_per_prompt(images, prompts)
+        with self._vision_lock, vision_once(self.model, len(prompts)):
+            texts = self._decode(self._generate(inputs, max_tokens))
         b = len(images)
         return [[texts[j * b + i] for j in range(len(prompts))] for i in range(b)]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -70,3 +71,50 @@ def merge_batches(parts: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 def _is_text(key: str, tensor: torch.Tensor, ids: torch.Tensor) -> bool:
     return "pixel" not in key and tensor.dim() == 2 and tensor.shape == ids.shape
+
+
+#: families whose vision pass is shared across prompts (checked with tiny models: the same
+#: answers, one vision pass per image); in transformers 5 their `model.model.get_image_features`
+#: returns the image features as `pooler_output`, one entry or row block per image, in order
+SHARED_VISION = frozenset({"llava", "qwen2_vl", "idefics3", "paligemma"})
+
+
+@contextlib.contextmanager
+def vision_once(model, copies: int) -> Iterator[bool]:
+    """Within the block, a batch that holds `copies` identical copies of its images, one after
+    the other (what `merge_batches` makes), runs the vision tower on the first copy only and
+    hands the model its features `copies` times. Yields whether sharing is on (a family not in
+    SHARED_VISION, or one loaded without `model.model`, encodes every copy)."""
+    inner = getattr(model, "model", None)
+    family = model.config.model_type
+    if copies < 2 or family not in SHARED_VISION or not hasattr(inner, "get_image_features"):
+        yield False
+        return
+    encode = inner.get_image_features
+
+    @functools.wraps(encode)  # generate reads its signature to pick the image inputs
+    def first_copy_only(*args, **kwargs):
+        args = [_first(a, copies) for a in args]
+        kwargs = {k: _first(v, copies) for k, v in kwargs.items()}
+        out = encode(*args, **kwargs)
+        out.pooler_output = _repeat(out.pooler_output, copies)
+        return out
+
+    inner.get_image_features = first_copy_only
+    try:
+        yield True
+    finally:
+        del inner.get_image_features  # back to the class's method
+
+
+def _first(value, copies: int):
+    """The first of `copies` equal blocks along the first axis of a per-image tensor."""
+    if not torch.is_tensor(value) or value.dim() == 0 or value.shape[0] % copies:
+        return value
+    return value[: value.shape[0] // copies]
+
+
+def _repeat(features, copies: int):
+    if torch.is_tensor(features):
+        return torch.cat([features] * copies)
+    return type(features)(list(features) * copies)
