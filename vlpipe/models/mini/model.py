@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vlpipe.errors import VlpipeError
+from vlpipe.models.backends import resolve_backend
 from vlpipe.models.base import CaptionEmbedder, resolve_device, resolve_dtype
 from vlpipe.models.mini import (
     CONFIG_NAME,
@@ -120,9 +121,13 @@ class MiniModel(CaptionEmbedder):
         self._fingerprint = weights_fingerprint(os.path.join(path, WEIGHTS_NAME), self.dim)
         self._tower: EfficientNetLite | None = None
         self._text = None
+        self.backend = "torch"  # or "openvino": the image tower runs compiled (load's backend=)
+        self._compiled_grid = None
 
     @classmethod
-    def load(cls, path: str, device: str = "auto", precision: str = "auto") -> MiniModel:
+    def load(
+        cls, path: str, device: str = "auto", precision: str = "auto", backend: str = "torch"
+    ) -> MiniModel:
         cfg_path, weights = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
         if not (os.path.isfile(cfg_path) and os.path.isfile(weights)):
             raise VlpipeError(f"{path}: not a vlpipe-mini model ({CONFIG_NAME} + {WEIGHTS_NAME})")
@@ -133,22 +138,41 @@ class MiniModel(CaptionEmbedder):
         dev = resolve_device(device)
         dtype = resolve_dtype(dev, precision, bf16_measured=True)
         state = {k: torch.from_numpy(v) for k, v in load_weights(weights).items()}
-        return cls(path, config, state, dev, dtype)
+        model = cls(path, config, state, dev, dtype)
+        model.backend = resolve_backend(backend, dev.type)
+        return model
 
     # -- towers, loaded on first use
     def tower(self) -> EfficientNetLite:
         if self._tower is None:
-            tower = EfficientNetLite.pretrained(self.tower_name)
-            merged = tower.state_dict()
-            missing = [k for k in self._tower_state if k not in merged]
-            if missing:
-                raise VlpipeError(f"{self.path}: unknown image tower weights, e.g. {missing[0]}")
-            merged.update(self._tower_state)
-            tower.load_state_dict(merged, strict=True)
-            tower = fuse_batchnorm(tower)  # pretrained() is in eval mode: running statistics
-            self._tower = tower.to(self.device, self.dtype).eval()
-            self._tower = self._tower.to(memory_format=torch.channels_last)
+            tower = self._fp32_tower().to(self.device, self.dtype)
+            self._tower = tower.to(memory_format=torch.channels_last)
         return self._tower
+
+    def _fp32_tower(self) -> EfficientNetLite:
+        tower = EfficientNetLite.pretrained(self.tower_name)
+        merged = tower.state_dict()
+        missing = [k for k in self._tower_state if k not in merged]
+        if missing:
+            raise VlpipeError(f"{self.path}: unknown image tower weights, e.g. {missing[0]}")
+        merged.update(self._tower_state)
+        tower.load_state_dict(merged, strict=True)
+        return fuse_batchnorm(tower).eval()  # pretrained() is in eval mode: running statistics
+
+    def compiled_grid(self):
+        """The tower's grid as an OpenVINO call (converted once, then cached on disk)."""
+        if self._compiled_grid is None:
+            from vlpipe.models.openvino_graph import compile_module
+
+            size = self.image_size
+            key = f"{self._fingerprint}-{self.tower_name}-grid{size}"
+            self._compiled_grid = compile_module(
+                TowerGrid(self._fp32_tower()),
+                torch.zeros(2, 3, size, size),
+                key,
+                "bf16" if self.dtype == torch.bfloat16 else "fp32",
+            )
+        return self._compiled_grid
 
     def text_tower(self):
         if self._text is None:
@@ -164,6 +188,9 @@ class MiniModel(CaptionEmbedder):
     def grid(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW to the (N, 1280, 7, 7) grid (8x8 for Lite1) both heads read: the one
         image-tower pass."""
+        if self.backend == "openvino":
+            x = normalize_pixels(pixels).float().numpy()
+            return torch.from_numpy(self.compiled_grid()(x)).to(self.head_dtype)
         x = normalize_pixels(pixels.to(self.device)).to(self.dtype)
         with torch.inference_mode():
             grid = self.tower().grid(x.contiguous(memory_format=torch.channels_last))
@@ -210,10 +237,23 @@ class MiniModel(CaptionEmbedder):
         }
 
 
+class TowerGrid(torch.nn.Module):
+    """The tower's grid as a module's forward, the form a graph converter takes."""
+
+    def __init__(self, tower: EfficientNetLite):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tower.grid(x)
+
+
 def _part(state: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def load_mini(path: str | None = None, device: str = "auto", precision: str = "auto") -> MiniModel:
+def load_mini(
+    path: str | None = None, device: str = "auto", precision: str = "auto", backend: str = "torch"
+) -> MiniModel:
     """The shipped model (path None) or a trained directory."""
-    return MiniModel.load(path or SHIPPED_DIR, device=device, precision=precision)
+    return MiniModel.load(path or SHIPPED_DIR, device=device, precision=precision, backend=backend)

@@ -1,0 +1,89 @@
+"""`--backend`: vlpipe-mini's image tower compiled by OpenVINO gives torch's results, is cached on
+disk, rebuilt when the cache is torn, and a missing runtime falls back to torch with one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlpipe.errors import VlpipeError
+from vlpipe.models import backends
+from vlpipe.models.backends import resolve_backend
+from vlpipe.models.mini.model import load_mini
+
+pytest.importorskip("openvino", reason="the OpenVINO backend needs `pip install openvino`")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("vlpipe-cache")
+
+
+@pytest.fixture()
+def in_cache(cache, monkeypatch) -> Path:
+    monkeypatch.setenv("VLPIPE_CACHE", str(cache))
+    return cache / "openvino"
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    model = load_mini(device="cpu", precision="fp32")
+    paths = sorted(EXAMPLES.glob("*.jpg"))[:8]
+    return torch.stack([model.preprocess(Image.open(p).convert("RGB")) for p in paths])
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_backend_choice():
+    assert resolve_backend("auto", "cpu") == "openvino"
+    assert resolve_backend("torch", "cpu") == "torch"
+    assert resolve_backend("openvino", "cuda") == "torch"  # GPUs run torch
+    with pytest.raises(VlpipeError, match="unknown backend 'tensorrt'"):
+        resolve_backend("tensorrt", "cpu")
+
+
+def test_a_missing_runtime_falls_back_to_torch_with_one_line(monkeypatch):
+    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
+    said: list[str] = []
+    assert resolve_backend("openvino", "cpu", warn=said.append) == "torch"
+    assert len(said) == 1 and "openvino is not installed" in said[0]
+    assert resolve_backend("auto", "cpu", warn=said.append) == "torch" and len(said) == 1
+
+
+def test_openvino_fp32_gives_torch_fp32_captions_and_embeddings(in_cache, batch):
+    torch_model = load_mini(device="cpu", precision="fp32", backend="torch")
+    ov_model = load_mini(device="cpu", precision="fp32", backend="openvino")
+    assert ov_model.backend == "openvino"
+    caps, emb = torch_model.caption_and_embed(batch)
+    ov_caps, ov_emb = ov_model.caption_and_embed(batch)
+    assert ov_caps == caps  # token for token
+    assert _cosines(emb, ov_emb).min() >= 0.9999
+    assert list(in_cache.glob("*.xml")), "the converted graph is cached"
+
+
+def test_openvino_bf16_stays_within_the_bf16_tolerance(in_cache, batch):
+    reference = load_mini(device="cpu", precision="fp32", backend="torch")
+    ov_bf16 = load_mini(device="cpu", precision="bf16", backend="openvino")
+    caps, emb = reference.caption_and_embed(batch)
+    ov_caps, ov_emb = ov_bf16.caption_and_embed(batch)
+    assert _cosines(emb, ov_emb).mean() >= 0.999
+    assert sum(a == b for a, b in zip(caps, ov_caps, strict=True)) >= 6  # of 8
+
+
+def test_a_torn_cached_graph_is_rebuilt_with_one_line(in_cache, batch, capsys):
+    model = load_mini(device="cpu", precision="fp32", backend="openvino")
+    expected = model.embed_images(batch)
+    (xml,) = in_cache.glob("*.xml")
+    xml.write_text("<net>torn")
+    again = load_mini(device="cpu", precision="fp32", backend="openvino")
+    np.testing.assert_allclose(again.embed_images(batch), expected, atol=1e-5)
+    err = capsys.readouterr().err
+    assert err.count("is unreadable") == 1 and "rebuilding" in err
+    assert "<net>torn" not in xml.read_text()  # the rebuilt graph replaced it
