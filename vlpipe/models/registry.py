@@ -40,8 +40,10 @@ def load_captioner(
     precision: str = "auto",
     prompting: Prompting | None = None,
     max_tokens: int = 30,
+    backend: str = "torch",
 ) -> Captioner:
-    """`prompting` (a prompt, questions, candidates) is for prompted captioners only."""
+    """`prompting` (a prompt, questions, candidates) is for prompted captioners only; `backend`
+    (vlpipe.models.backends) applies to vlpipe-mini, hub models run torch."""
     refuse_open_clip_captioner(name)
     if _is_mini(name):
         from vlpipe.models.mini.model import load_mini
@@ -49,7 +51,8 @@ def load_captioner(
 
         if prompting is not None and (prompting.prompt is not None or prompting.asks):
             raise takes_no_prompt(name, "vlpipe-mini")
-        return load_mini(None if name == BUILTIN else name, device=device, precision=precision)
+        path = None if name == BUILTIN else name
+        return load_mini(path, device=device, precision=precision, backend=backend)
     from vlpipe.models.hf import load_hf_captioner
 
     return load_hf_captioner(
@@ -57,11 +60,14 @@ def load_captioner(
     )
 
 
-def load_embedder(name: str, device: str = "auto", precision: str = "auto") -> Embedder:
+def load_embedder(
+    name: str, device: str = "auto", precision: str = "auto", backend: str = "torch"
+) -> Embedder:
     if _is_mini(name):
         from vlpipe.models.mini.model import load_mini
 
-        return load_mini(None if name == BUILTIN else name, device=device, precision=precision)
+        path = None if name == BUILTIN else name
+        return load_mini(path, device=device, precision=precision, backend=backend)
     if name.startswith(OPEN_CLIP):
         from vlpipe.models.openclip import load_open_clip_embedder
 
@@ -91,14 +97,17 @@ def load_models(
     device: str = "auto",
     precision: str = "auto",
     prompting: Prompting | None = None,
+    backend: str = "torch",
 ) -> tuple[Captioner | None, Embedder | None]:
     """Both models (None for "none"); one shared object when both are the same fused model."""
     from vlpipe.models.base import Embedder
 
-    cap = None if captioner == NONE else load_captioner(captioner, device, precision, prompting)
+    cap = None
+    if captioner != NONE:
+        cap = load_captioner(captioner, device, precision, prompting, backend=backend)
     if embedder == captioner and isinstance(cap, Embedder):
         return cap, cap
-    emb = None if embedder == NONE else load_embedder(embedder, device, precision)
+    emb = None if embedder == NONE else load_embedder(embedder, device, precision, backend)
     return cap, emb
 
 

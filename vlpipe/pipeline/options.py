@@ -26,6 +26,7 @@ class RunConfig:
     max_caption_tokens: int = 30
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "auto"  # vlpipe.models.backends: the CPU runtime of vlpipe-mini's tower
     decode_threads: int = 4
     shard_size: int = 1000
     workers: int = 1

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from vlpipe import __version__
 from vlpipe.errors import VlpipeError
+from vlpipe.models.backends import resolve_backend
 from vlpipe.models.describe import describe_models
 from vlpipe.models.precision import Precision, resolve_precision
 from vlpipe.models.prompting import check_columns, model_fields
@@ -49,6 +50,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     run_dir = RunDir(config.output)
     models = describe_models(config.captioner, config.embedder, config.prompting)  # configs only
     precision = driver_precision(config)
+    config.backend = driver_backend(config, echo)
     check_answer_columns(config)  # before the manifest: a refused run leaves nothing behind
     if config.scores:  # heads' shapes and classifiers' labels checked before any work
         from vlpipe.models.scorers import describe_scores
@@ -80,7 +82,7 @@ def _run(
         f"vlpipe {__version__}: {len(specs)} shards ({_inputs(specs)} inputs), {len(todo)} to"
         f" process; captioner {config.captioner}, embedder {config.embedder}"
         + ("" if all(config.mode().values()) else f" ({_mode_name(config)})")
-        + f"; precision {precision.describe()}"
+        + f"; precision {precision.describe()}, backend {config.backend}"
     )
     if todo:
         run_shards(config, todo, models["embedder"]["dim"])
@@ -169,14 +171,25 @@ def forget_cached_listings(source: str) -> None:
 def driver_precision(config: RunConfig) -> Precision:
     """The precision `auto` resolves to on this machine, printed and recorded. Workers resolve
     it again on their own hardware (the same answer on the in-process runners)."""
-    if config.device == "auto":
-        import torch
-
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device_type = config.device.split(":", 1)[0]
     measured = all(bf16_measured_on_cpu(n) for n in (config.captioner, config.embedder))
-    return resolve_precision(device_type, config.precision, bf16_measured=measured)
+    return resolve_precision(_device_type(config), config.precision, bf16_measured=measured)
+
+
+def driver_backend(config: RunConfig, echo: Callable[[str], None]) -> str:
+    """The runtime of vlpipe-mini's tower (hub models run torch); a missing runtime is said once
+    here and the workers are handed torch."""
+    names = [n for n in (config.captioner, config.embedder) if n != "none"]
+    if not any(bf16_measured_on_cpu(n) for n in names):
+        return "torch"
+    return resolve_backend(config.backend, _device_type(config), warn=echo)
+
+
+def _device_type(config: RunConfig) -> str:
+    if config.device != "auto":
+        return config.device.split(":", 1)[0]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_handler(config: RunConfig) -> VlpipeModelHandler:
@@ -185,6 +198,7 @@ def make_handler(config: RunConfig) -> VlpipeModelHandler:
         embedder=config.embedder,
         device=config.device,
         precision=config.precision,
+        backend=config.backend,
         max_caption_tokens=config.max_caption_tokens,
         min_batch_size=config.min_batch_size,
         max_batch_size=config.batch_size,
@@ -293,6 +307,7 @@ def manifest(
             "precision": precision.name if precision else config.precision,
             "precision_requested": config.precision,
             "precision_reason": precision.reason if precision else None,
+            "backend": config.backend,
             "workers": config.workers,
             "storage_retries": config.storage_retries,
             "beam_args": config.beam_args,

@@ -127,8 +127,10 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
         max_batch_size: int = 32,
         prompting: Prompting | None = None,
         scores: tuple[str, ...] = (),
+        backend: str = "torch",
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self.backend = backend
         self.prompting = prompting or Prompting()
         self.captioner_name = captioner
         self.embedder_name = embedder
@@ -149,7 +151,7 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
     def load_model(self) -> Models:
         """Once per process: every DoFn instance, thread and bundle shares the loaded models."""
         key = (self.captioner_name, self.embedder_name, self.device, self.precision,
-               self.prompting)  # fmt: skip
+               self.prompting, self.backend)  # fmt: skip
         with _LOAD_LOCK:
             if (*key, self.scores) not in _LOADED:
                 from vlpipe.models.registry import load_models
