@@ -9,12 +9,15 @@ phash with 0-6 bits flipped, and one copy in ten byte-identical (same vector, ph
 sha256). `truth.npz` holds the planted pairs as run rows.
 
 Measured: `vlpipe dedup` (defaults: embedding + phash + sha256) in a child process, wall time
-and peak RSS; recall of planted pairs (both rows in one cluster). Baseline: exact k-NN (FAISS
-flat inner product, k=17, the rows' own float32 vectors) over a sample of query rows (every
-planted row and as many random ones), timed and scaled to all rows, and its recall of the
-planted pairs of the sampled rows (the pair's cosine is above the threshold and it is in the
-top 17). Goals at 1M: under 10 minutes, peak RSS under 2x the raw float32 vectors, planted-pair
-recall at least 0.98 of brute force's. At 10M: the same run, streamed from the parts.
+and peak RSS; beside it, in the same run on the same rows, `vlpipe dedup` with the settings it
+shipped with before the curation issue (cosine 0.88, 10 bits: OLD_SETTINGS), whose time the
+defaults must stay within 1.25x of; recall of planted pairs (both rows in one cluster).
+Baseline: exact k-NN (FAISS flat inner product, k=17, the rows' own float32 vectors) over a
+sample of query rows (every planted row and as many random ones), timed and scaled to all
+rows, and its recall of the planted pairs of the sampled rows (the pair's cosine is above the
+threshold and it is in the top 17). Goals at 1M: under 10 minutes, peak RSS under 2x the raw
+float32 vectors, planted-pair recall at least 0.98 of brute force's. At 10M: the same run,
+streamed from the parts.
 
     python -m bench.dedup_scale [--rows 1000000 10000000]
 """
@@ -38,6 +41,8 @@ PART_ROWS = 100_000
 PLANT_SHARE = 0.01
 SEED = 7
 BF_K = 17
+#: the defaults before the curation issue (issue 23 chose new ones on bench/dedup_quality.py)
+OLD_SETTINGS = ["--threshold", "0.88", "--phash-distance", "10"]
 
 
 def dataset(n: int) -> Path:
@@ -113,6 +118,8 @@ def measure(n: int) -> dict:
     truth = np.load(path / "truth.npz")
     pairs, rows = truth["pairs"], int(truth["rows"])
     argv = [sys.executable, "-m", "vlpipe", "dedup", str(path), "--full", "--no-report", "--json"]
+    old = run_child([*argv, *OLD_SETTINGS])
+    print({k: v for k, v in old.output.items() if k != "histogram"}, flush=True)
     child = run_child(argv)
     print({k: v for k, v in child.output.items() if k != "histogram"}, flush=True)
     cluster = _cluster_rows(path)
@@ -121,6 +128,8 @@ def measure(n: int) -> dict:
         "rows": rows,
         "planted_pairs": len(pairs),
         "wall_s": round(child.wall_s, 1),
+        "old_settings_wall_s": round(old.wall_s, 1),
+        "old_settings": " ".join(OLD_SETTINGS),
         "peak_rss_mb": child.peak_rss_bytes // 2**20,
         "raw_vectors_mb": rows * DIM * 4 // 2**20,
         "planted_recall": round(float(found.mean()), 4),
@@ -183,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.rows:
         results[n] = r = measure(n)
         print(r, flush=True)
+        report.add(Figure(f"wall time at {n:,} rows, defaults vs the pre-issue-23 settings",
+                          r["wall_s"], r["old_settings_wall_s"], "cosine 0.88, 10 bits", "s",
+                          goal=1.25, higher_is_better=False))  # fmt: skip
         if n == 1_000_000:
             budget = "wall time at 1,000,000 rows vs the 10-minute budget"
             report.add(Figure(budget, r["wall_s"], 600, "10 minutes", "s", goal=1.0,
@@ -215,9 +227,10 @@ def markdown(result: dict) -> str:
         " process; brute force = exact FAISS flat top-17 for a sample of query rows, its time"
         " scaled to every row.",
         "",
-        "| rows | wall s | peak RSS MB | raw float32 MB | planted pairs | recall of planted pairs"
-        " | duplicates found | brute force (sample, scaled s, recall) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rows | wall s | wall s, pre-issue-23 settings | peak RSS MB | raw float32 MB |"
+        " planted pairs | recall of planted pairs | duplicates found |"
+        " brute force (sample, scaled s, recall) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for n, r in sorted(d["runs"].items(), key=lambda x: int(x[0])):
         bf = "-"
@@ -226,7 +239,8 @@ def markdown(result: dict) -> str:
             bf = f"{r['bf_queries']:,} queries in {r['bf_seconds']} s, {scaled}"
             bf += f", recall {r['bf_planted_recall']}"
         lines.append(
-            f"| {int(n):,} | {r['wall_s']} | {r['peak_rss_mb']:,} | {r['raw_vectors_mb']:,} |"
+            f"| {int(n):,} | {r['wall_s']} | {r.get('old_settings_wall_s', '-')} |"
+            f" {r['peak_rss_mb']:,} | {r['raw_vectors_mb']:,} |"
             f" {r['planted_pairs']:,} | {r['planted_recall']} | {r['dedup']['duplicates']:,} |"
             f" {bf} |"
         )
