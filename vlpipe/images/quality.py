@@ -15,7 +15,7 @@ Columns (range: meaning):
   photos mostly 0.05-0.4.
 - entropy (0-8): Shannon entropy of the 256-bin luma histogram in bits; flat, low-information
   images score low.
-- grayscale (bool): under 1% of pixels have channels more than 12/255 apart.
+- grayscale (bool): under 1% of pixels have channels more than 3/255 apart.
 - border (0-1): share of the frame that is a uniform border or letterbox bar (1.0: flat image).
 """
 
@@ -30,19 +30,21 @@ SIDE = (
     256  # the gray copy (Pillow's "L": Rec. 601 luma) of sharpness, brightness, contrast, entropy
 )
 COLOR_SIDE = 128  # the RGB copy of colorfulness, grayscale and border
-GRAY_SPREAD = 12 / 255  # channels further apart than this make a pixel coloured
+GRAY_SPREAD = 3 / 255  # channels further apart than this make a pixel coloured
 GRAY_SHARE = 0.01  # an image with fewer coloured pixels than this is grayscale
 BORDER_TOL = 10 / 255  # a border pixel is within this of its line's mean colour (each channel)
 BORDER_SHARE = 0.98  # ... and a border line has at least this share of such pixels
 
-#: Flags at the documented defaults: (column, "<" or ">", threshold). A row is flagged when the
-#: comparison holds; the run summary counts these and `vlpipe curate` reports use them.
-FLAGS: dict[str, tuple[str, str, float]] = {
-    "blurry": ("sharpness", "<", 20.0),
-    "dark": ("brightness", "<", 0.2),
-    "bright": ("brightness", ">", 0.9),
-    "low-information": ("entropy", "<", 3.0),
-    "grayscale": ("grayscale", "==", True),
+#: Flags at the documented defaults: every (column, op, threshold) of a flag must hold. The run
+#: summary counts them; `flag_rule` writes one as a `vlpipe curate --where` condition. Blurry asks
+#: for some contrast too: a dark, washed-out or flat image has a low Laplacian variance without
+#: being out of focus (it has its own flag).
+FLAGS: dict[str, tuple[tuple[str, str, float], ...]] = {
+    "blurry": (("sharpness", "<", 10.0), ("contrast", ">=", 0.05)),
+    "dark": (("brightness", "<", 0.2),),
+    "bright": (("brightness", ">", 0.9),),
+    "low-information": (("entropy", "<", 3.0),),
+    "grayscale": (("grayscale", "=", True),),
 }
 
 
@@ -157,20 +159,27 @@ def _near(lines: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (np.abs(lines - ref).max(axis=-1) <= BORDER_TOL).mean(axis=1) >= BORDER_SHARE
 
 
-def flagged(name: str, values: np.ndarray) -> np.ndarray:
-    """Rows a flag of FLAGS marks, from its column's values (nulls: not flagged)."""
-    _, op, threshold = FLAGS[name]
-    v = np.asarray(values)
-    if op == "==":
-        return v == threshold
-    v = v.astype(np.float64)
-    return (v < threshold) if op == "<" else (v > threshold)
+def flagged(name: str, columns: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows a flag of FLAGS marks, from its columns' values (NaN/None: not flagged)."""
+    ops = {"<": np.less, ">": np.greater, ">=": np.greater_equal, "=": np.equal}
+    out = None
+    for column, op, threshold in FLAGS[name]:
+        v = np.atleast_1d(np.asarray(columns[column], dtype=np.float64))
+        hit = ops[op](v, float(threshold)) & ~np.isnan(v)
+        out = hit if out is None else out & hit
+    return out
+
+
+def flag_rule(name: str) -> str:
+    """The flag as a filter: `sharpness < 10.0 AND contrast >= 0.05`."""
+    return " AND ".join(f"{c} {op} {str(t).upper() if isinstance(t, bool) else t}"
+                        for c, op, t in FLAGS[name])  # fmt: skip
 
 
 def flag_counts(rows: list[dict]) -> dict[str, int]:
     """How many of these result rows each flag of FLAGS marks (rows without signals: none)."""
-    out = {}
-    for name, (column, _, _) in FLAGS.items():
-        values = [r[column] for r in rows if r.get(column) is not None]
-        out[name] = int(flagged(name, np.array(values)).sum()) if values else 0
-    return out
+    if not rows:
+        return dict.fromkeys(FLAGS, 0)
+    columns = {c: np.array([np.nan if r.get(c) is None else float(r[c]) for r in rows])
+               for c in COLUMNS}  # fmt: skip
+    return {name: int(flagged(name, columns).sum()) for name in FLAGS}

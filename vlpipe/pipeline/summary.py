@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from vlpipe.images.quality import FLAGS
+from vlpipe.images.quality import FLAGS, flag_rule
 from vlpipe.reading.specs import ShardSpec
 from vlpipe.rundir import FAILED, PARTS, RunDir
 
@@ -82,9 +82,7 @@ class RunSummary:
 
 def quality_line(flags: dict[str, int], written: int) -> str:
     """How many written rows look blurry, dark, ... by the documented defaults."""
-    rules = {name: f"{c} {op} {t}" for name, (c, op, t) in FLAGS.items() if op != "=="}
-    shown = ", ".join(f"{n} {name}" + (f" ({rules[name]})" if name in rules else "")
-                      for name, n in flags.items())  # fmt: skip
+    shown = ", ".join(f"{n} {name} ({flag_rule(name)})" for name, n in flags.items())
     return f"quality of {written} written: {shown} (vlpipe curate --where to filter)"
 
 
