@@ -2,8 +2,9 @@
 real Flickr8k photos (bench/dedup_set.py), with the default threshold chosen without peeking.
 
 1. Two sets: `tune` from 150 `train` photos, `report` from 150 `dev` photos; each original gets
-   six copies (jpeg, resize, crop, overlay, tone, grayscale) and one hard negative (another
-   photo of the same kind of scene). `vlpipe run` (vlpipe-mini) embeds and hashes both.
+   nine copies (jpeg, resize, crop, overlay, tone, grayscale, and the ones plain hashes miss:
+   border, crop80, rotate) and one hard negative (another photo of the same kind of scene).
+   `vlpipe run` (vlpipe-mini) embeds and hashes both.
 2. On `tune`, every threshold of every method is scored from the rows' own embeddings and
    phash (all pairs, then connected components as `vlpipe dedup` makes them); per method the
    setting with the highest recall that merges no two different photos is chosen (a false pair
@@ -12,7 +13,7 @@ real Flickr8k photos (bench/dedup_set.py), with the default threshold chosen wit
 3. On `report`, once: each method at its chosen setting, and `vlpipe dedup` with its defaults
    (checked to be the chosen ones), scored from the clusters.parquet it writes. A pair is two
    images of the same cluster; recall per transform is the share of copies in their original's
-   cluster. Goal: precision >= 0.95 and recall >= 0.90 with the default method.
+   cluster. Goal: precision >= 0.97 and recall >= 0.95 with the default method.
 
     python -m bench.dedup_quality [--originals N]
 
@@ -37,7 +38,7 @@ NAME = "dedup_quality"
 FLICKR = REPO.parent / "shared" / "datasets" / "flickr8k"
 ROOT = SCRATCH / NAME
 THRESHOLDS = {
-    "embedding": [round(x, 2) for x in np.arange(0.80, 0.97, 0.02)],
+    "embedding": [round(x, 2) for x in np.arange(0.76, 0.97, 0.02)],
     "phash": list(range(4, 17, 2)),
 }
 SETS = {"tune": ("train", 1), "report": ("dev", 0)}
@@ -165,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     picked = {"method": default, "threshold": chosen[default]["threshold"]}
     picked["phash_distance"] = chosen[default]["phash_distance"]
     cli = run_dedup(sets["report"], report_scorer)
-    report.add(Figure("precision, vlpipe dedup defaults (dev)", cli["precision"], 0.95,
+    report.add(Figure("precision, vlpipe dedup defaults (dev)", cli["precision"], 0.97,
                       "goal", goal=1.0))  # fmt: skip
-    report.add(Figure("recall, vlpipe dedup defaults (dev)", cli["recall"], 0.90, "goal",
+    report.add(Figure("recall, vlpipe dedup defaults (dev)", cli["recall"], 0.95, "goal",
                       goal=1.0))  # fmt: skip
     report.details = {
         "originals_per_set": args.originals,
@@ -199,11 +200,13 @@ def markdown(result: dict) -> str:
     d = result["details"]
     cols = ["precision", "recall", *[f"recall_{t}" for t in TRANSFORMS]]
     lines = [
-        f"Two sets of {d['originals_per_set']} originals, each with six copies (jpeg q12, resize"
-        " 40%, crop 10-20% per side, caption bar + logo, brightness/contrast, grayscale) and one"
+        f"Two sets of {d['originals_per_set']} originals, each with nine copies (jpeg q12, resize"
+        " 40%, crop 10-20% per side, caption bar + logo, brightness/contrast, grayscale, a uniform"
+        " border or letterbox bars, crop to 80% of each side, rotation by 2-5 degrees) and one"
         " hard negative (the photo of the split with the most alike reference captions): `tune`"
         " from train photos, `report` from dev photos, embedded and hashed by `vlpipe run`"
-        " (vlpipe-mini). Per method, the setting with the highest pair recall and no false pair"
+        " (vlpipe-mini; the phash is of the image inside its uniform border)."
+        " Per method, the setting with the highest pair recall and no false pair"
         " on tune is chosen; the best method is the default. Dev, once:",
         "",
         "| method (setting chosen on tune) | "
