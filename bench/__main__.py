@@ -35,6 +35,7 @@ BENCHMARKS = {
     "search": ("bench.search", False),
     "dedup_quality": ("bench.dedup_quality", False),
     "dedup_scale": ("bench.dedup_scale", False),
+    "quality_agreement": ("bench.quality_agreement", False),
     "mini_lowres": ("bench.mini_lowres", True),
     "mini_speed": ("bench.mini_speed", True),
 }

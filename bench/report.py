@@ -32,6 +32,7 @@ RENDERERS = {
     "search": "bench.search",
     "dedup_quality": "bench.dedup_quality",
     "dedup_scale": "bench.dedup_scale",
+    "quality_agreement": "bench.quality_agreement",
     "mini_lowres": "bench.mini_lowres",
     "mini_speed": "bench.mini_speed",
     "models_cpu": "bench.models_cpu",

@@ -38,12 +38,13 @@ BORDER_SHARE = 0.98  # ... and a border line has at least this share of such pix
 #: Flags at the documented defaults: every (column, op, threshold) of a flag must hold. The run
 #: summary counts them; `flag_rule` writes one as a `vlpipe curate --where` condition. Blurry asks
 #: for some contrast too: a dark, washed-out or flat image has a low Laplacian variance without
-#: being out of focus (it has its own flag).
+#: being out of focus (it has its own flag). Low information at 1.5 bits of luma is about
+#: cleanvision's 3 bits over the joint RGB histogram (which adds log2(3) for the channel).
 FLAGS: dict[str, tuple[tuple[str, str, float], ...]] = {
     "blurry": (("sharpness", "<", 10.0), ("contrast", ">=", 0.05)),
     "dark": (("brightness", "<", 0.2),),
     "bright": (("brightness", ">", 0.9),),
-    "low-information": (("entropy", "<", 3.0),),
+    "low-information": (("entropy", "<", 1.5),),
     "grayscale": (("grayscale", "=", True),),
 }
 
