@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageFilter
 from safetensors.torch import save_file
 
+from tests.conftest import EXAMPLES
 from bench.hf_tiny import build_tiny_classifier
 from tests.helpers.reliability import config, tiny  # noqa: F401 - session fixture
 from vlpipe.api import run_and_index as run
@@ -33,10 +34,10 @@ def head_file(path, dim: int) -> str:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """Four photos: a sharp pattern, its blurred copy, a dark one, a padded one."""
+    """Four images: a photo, its blurred copy, a dark copy, a padded copy."""
     src = tmp_path_factory.mktemp("score-src")
-    rng = np.random.default_rng(0)
-    sharp = Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    with Image.open(sorted(EXAMPLES.glob("*.jpg"))[0]) as im:
+        sharp = im.convert("RGB").resize((128, 96))
     sharp.save(src / "sharp.png")
     sharp.filter(ImageFilter.GaussianBlur(4)).save(src / "blurred.png")
     Image.fromarray((np.asarray(sharp) // 8).astype(np.uint8)).save(src / "dark.png")
