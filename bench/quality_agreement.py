@@ -118,8 +118,8 @@ def vlpipe_flags(folder: Path) -> tuple[dict[str, dict[str, bool]], float, int]:
     """vlpipe's flags per image from the pixels its decoder gives (vlpipe-mini's size), and the
     seconds `quality()` took over all of them."""
 
+    from vlpipe.images.decode import decode_image
     from vlpipe.images.quality import FLAGS, flagged, quality
-    from vlpipe.transforms.decode import decode_image
 
     flags = {name: {} for name in FLAGS}
     seconds = 0.0

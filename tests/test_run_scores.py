@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from PIL import Image, ImageFilter
 from safetensors.torch import save_file
 
-from tests.conftest import EXAMPLES
 from bench.hf_tiny import build_tiny_classifier
+from tests.conftest import EXAMPLES
 from tests.helpers.reliability import config, tiny  # noqa: F401 - session fixture
 from vlpipe.api import run_and_index as run
 from vlpipe.cli import main
