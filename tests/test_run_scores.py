@@ -15,7 +15,7 @@ from PIL import Image, ImageFilter
 from safetensors.torch import save_file
 
 from bench.hf_tiny import build_tiny_classifier
-from tests.conftest import EXAMPLES
+from tests.helpers.paths import EXAMPLES
 from tests.helpers.reliability import config, tiny  # noqa: F401 - session fixture
 from vlpipe.api import run_and_index as run
 from vlpipe.cli import main
