@@ -23,7 +23,7 @@ CONFIG = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
 }
 FOLDER_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize_mode": "squash"}
-_FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def register_arch(root: Path) -> str:
@@ -68,10 +68,10 @@ def _fake_hub_cache(cache: Path, folder: Path) -> Path:
     """huggingface_hub's cache layout (refs/main -> snapshots/COMMIT/files) holding the folder:
     with HF_HUB_OFFLINE, hf_hub_download finds the files there and never touches the network."""
     repo = cache / f"models--{HUB_ID.replace('/', '--')}"
-    snapshot = repo / "snapshots" / _FAKE_COMMIT
+    snapshot = repo / "snapshots" / FAKE_COMMIT
     snapshot.mkdir(parents=True, exist_ok=True)
     for file in folder.iterdir():
         (snapshot / file.name).write_bytes(file.read_bytes())
     (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(_FAKE_COMMIT)
+    (repo / "refs" / "main").write_text(FAKE_COMMIT)
     return cache

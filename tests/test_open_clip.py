@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from bench.openclip_tiny import ARCH, HUB_ID, build_tiny_open_clip, register_arch
+from bench.openclip_tiny import ARCH, FAKE_COMMIT, HUB_ID, build_tiny_open_clip, register_arch
 from tests.helpers.paths import EXAMPLES
 from vlpipe.cli import main
 from vlpipe.errors import ModelLoadError
@@ -81,6 +81,8 @@ def test_embeddings_equal_open_clips_own_call(form, tiny, photos, request):
     off_diagonal = (images @ images.T)[~np.eye(len(photos), dtype=bool)]
     assert off_diagonal.max() < 0.999  # images are told apart: the test can see a wrong image
     assert embedder.dim == 32 and images.shape == (len(photos), 32)
+    if form == "hub":  # the hub snapshot's commit is part of the weights' identity
+        assert embedder.weights["revision"] == FAKE_COMMIT
 
 
 def test_folder_preprocessing_is_the_folders_own(tiny, photos):

@@ -125,9 +125,12 @@ def _schema_config_file(spec: OpenClipSpec) -> dict:
             from open_clip.pretrained import download_pretrained_from_hf
 
             path = download_pretrained_from_hf(ident, filename="open_clip_config.json")
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        whole = json.loads(Path(path).read_text(encoding="utf-8"))
     except Exception as exc:  # noqa: BLE001
         raise _error(spec.name, _one_line(exc)) from exc
+    if schema == "hf-hub":  # huggingface_hub's cache holds it under snapshots/COMMIT/
+        whole["_revision"] = Path(path).parent.name
+    return whole
 
 
 def _one_line(exc: BaseException) -> str:
@@ -145,7 +148,7 @@ def resolve_weights(spec: OpenClipSpec, config: dict) -> tuple[dict, dict]:
     if spec.model_name.startswith(_SCHEMAS):
         whole = _schema_config_file(spec)
         preprocess = merge_preprocess_dict(preprocess, whole.get("preprocess_cfg", {}))
-        weights = {"source": spec.model_name}
+        weights = {"source": spec.model_name, "revision": whole.get("_revision")}
         if spec.model_name.startswith("local-dir:"):
             weights = {"file": _file_digest(_dir_checkpoint(spec))}
     elif spec.is_file:
