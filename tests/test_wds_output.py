@@ -1,4 +1,4 @@
-"""WebDataset shards (vlpipe.worker.wds) read back with the real `webdataset` package, and
+"""WebDataset shards (vlpipe.outputs.webdataset) read back with the real `webdataset` package, and
 JPEG thumbnails (vlpipe.images.thumbnails)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from PIL import Image
 
 from vlpipe.images.thumbnails import make_thumbnail
 from vlpipe.schema import image_id
-from vlpipe.worker.wds import WdsWriter, image_extension, jsonable
+from vlpipe.outputs.webdataset import WdsWriter, image_extension, jsonable
 
 webdataset = pytest.importorskip("webdataset")
 

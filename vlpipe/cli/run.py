@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from vlpipe.images import DEFAULT_MAX_PIXELS
+from vlpipe.outputs.formats import DEFAULT as DEFAULT_FORMAT
+from vlpipe.outputs.formats import FORMATS
 from vlpipe.storage import DEFAULT_RETRIES
 
 
@@ -57,8 +59,8 @@ from vlpipe.storage import DEFAULT_RETRIES
 @click.option("--save-thumbnails", type=int, default=0, metavar="PX",
               help="Store a JPEG thumbnail, PX on its longer side, in each row.")  # fmt: skip
 @click.option(
-    "--output-format", type=click.Choice(["parquet", "webdataset"]), default="parquet",
-    show_default=True, help="webdataset: also write tar shards (image, .txt, .json, .npy).",
+    "--output-format", type=click.Choice(list(FORMATS)), default=DEFAULT_FORMAT,
+    show_default=True, help="; ".join(f"{f.name}: {f.help}" for f in FORMATS.values()),
 )  # fmt: skip
 @click.option(
     "--prompt", default=None,

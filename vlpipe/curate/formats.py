@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vlpipe.outputs.webdataset import WdsWriter
 from vlpipe.reading.sources import read_source
 from vlpipe.rundir import TMP_PREFIX
 from vlpipe.schema import RESERVED_COLUMNS
-from vlpipe.worker.wds import WdsWriter
 
 MANIFEST = "manifest.parquet"
 MAX_SOURCE_BYTES = 256 * 2**20

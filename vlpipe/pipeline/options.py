@@ -9,6 +9,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from vlpipe.errors import VlpipeError
 from vlpipe.images.decode import DEFAULT_MAX_PIXELS, Filters
 from vlpipe.models.prompting import Prompting
+from vlpipe.outputs.formats import output_format
 from vlpipe.storage import DEFAULT_RETRIES
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
@@ -36,7 +37,7 @@ class RunConfig:
     max_aspect: float = 0.0  # skip images whose longer/shorter side ratio is above this; 0: off
     columns: tuple[str, ...] | None = None  # source columns to carry through (None: all)
     thumbnail_px: int = 0  # store a JPEG thumbnail of this size per row; 0: none
-    output_format: str = "parquet"  # or "webdataset": also tar shards
+    output_format: str = "parquet"  # a name in vlpipe.outputs.formats.FORMATS
     scores: tuple[str, ...] = ()  # --score NAME=SPEC texts (vlpipe.models.scorers)
     overwrite: bool = False
     retry_failed: bool = False
@@ -67,10 +68,6 @@ class RunConfig:
             (self.max_aspect == 0 or self.max_aspect >= 1, "--max-aspect must be 0 (off) or >= 1"),
             (0 <= self.thumbnail_px <= 4096, "--save-thumbnails must be 1..4096 px"),
             (
-                self.output_format in ("parquet", "webdataset"),
-                "--output-format: parquet|webdataset",
-            ),
-            (
                 not (self.captioner == "none" and self.embedder == "none"),
                 "--captioner none and --embedder none leave nothing to do: keep one",
             ),
@@ -78,6 +75,9 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise VlpipeError(message)
+        fmt = output_format(self.output_format)  # an unknown name fails here, in one line
+        if fmt.check:
+            fmt.check(self.output)
         self.score_specs()  # a malformed --score fails here, in one line
         check_beam_args(normalize_runner(self.beam_args))  # a typo fails before any work
         runner = remote_runner(self.beam_args)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from vlpipe.errors import VlpipeError
 from vlpipe.images.decode import Filters
+from vlpipe.outputs.formats import beside_parts
+from vlpipe.outputs.parquet import is_part_name, part_name
 from vlpipe.reading.specs import ShardSpec
 from vlpipe.rundir import (
     DONE,
@@ -27,14 +29,12 @@ from vlpipe.rundir import (
     PROGRESS,
     SUCCESS,
     TMP_PREFIX,
-    WDS,
     RunDir,
     write_table_atomic,
 )
 from vlpipe.schema import STAGE_FILTER
 from vlpipe.storage import StorageError, is_object_store, listing, put
 from vlpipe.worker.shard import ShardWork
-from vlpipe.worker.write import is_part_name, part_name
 
 CORRUPT = "corrupt"
 #: the output layout this code writes (1: resume by image_id, no done markers)
@@ -81,7 +81,16 @@ def check_writable(run: RunDir) -> None:
 
 def clear(run: RunDir) -> None:
     """--overwrite: remove a previous run's outputs (and only vlpipe's own files)."""
-    for name in (PARTS, FAILED, WDS, INDEX, DONE, PROGRESS, PLAN, "_work"):
+    for name in (
+        PARTS,
+        FAILED,
+        *(f.folder for f in beside_parts()),
+        INDEX,
+        DONE,
+        PROGRESS,
+        PLAN,
+        "_work",
+    ):
         run.remove(name)
     for name in (MANIFEST, SUCCESS):
         run.remove_file(name)
@@ -105,7 +114,7 @@ class Resume:
         remove_temp_files(run)
         run.remove(PROGRESS)
         markers = run.markers()
-        sizes = {sub: run.sizes(sub) for sub in (PARTS, FAILED, WDS)}
+        sizes = {sub: run.sizes(sub) for sub in (PARTS, FAILED, *(f.files for f in beside_parts()))}
         resume = cls(markers)
         for marker in markers.values():
             resume._check_parts(run, marker, sizes)
@@ -146,12 +155,13 @@ class Resume:
     def _remove_unreferenced(self, run: RunDir, sizes: dict[str, dict]) -> None:
         """Parts no marker names come from specs a kill interrupted: they go. Files that are not
         vlpipe parts at all are set aside for a person to look at."""
-        for sub, key in ((PARTS, "parts"), (FAILED, "failed_parts"), (WDS, "wds")):
+        beside = {f.files: f.folder for f in beside_parts()}  # a format's files: all vlpipe's
+        for sub, key in ((PARTS, "parts"), (FAILED, "failed_parts"), *beside.items()):
             referenced = {n for m in self.markers.values() for n in m.get(key, ())}
             for name in sizes[sub]:
                 if name in referenced:
                     continue
-                if is_part_name(name) or sub == WDS:
+                if is_part_name(name) or sub in beside:
                     run.fs.rm(run.join(sub, name))
                 else:
                     self.corrupt.append(_set_aside(run, sub, name))
@@ -234,7 +244,8 @@ def remove_temp_files(run: RunDir) -> None:
     stores get no temp objects (writes go to their final keys), so they need no listing here."""
     if is_object_store(run.fs):
         return
-    for folder in (run.root, run.join(PARTS), run.join(FAILED), run.join(DONE), run.join(WDS)):
+    folders = [PARTS, FAILED, DONE, *(f.files for f in beside_parts())]
+    for folder in (run.root, *(run.join(f) for f in folders)):
         for path in listing(run.fs, folder):
             if posixpath.basename(path).startswith(TMP_PREFIX):
                 run.fs.rm(path)

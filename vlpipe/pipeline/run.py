@@ -23,6 +23,7 @@ from vlpipe.models.describe import describe_models
 from vlpipe.models.precision import Precision, resolve_precision
 from vlpipe.models.prompting import check_columns, model_fields
 from vlpipe.models.registry import bf16_measured_on_cpu
+from vlpipe.outputs.formats import output_format
 from vlpipe.pipeline.lease import acquire
 from vlpipe.pipeline.options import RunConfig, make_pipeline
 from vlpipe.pipeline.progress import ProgressMonitor
@@ -90,6 +91,11 @@ def _run(
     summary.corrupt_parts = resume.corrupt + summary.corrupt_parts
     if summary.seen == 0:
         raise VlpipeError(f"no images found in {config.source}")
+    fmt = output_format(config.output_format)
+    if fmt.commit:  # a format made whole at the end (Lance): every part a marker names
+        line = fmt.commit(run_dir, list(run_dir.markers().values()))
+        if line:
+            echo(line)
     run_dir.write_manifest(manifest(config, models, started, "done", summary, precision))
     if summary.ok:
         run_dir.remove(PLAN)

@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from vlpipe.images.decode import DecodeError, FilterError
+from vlpipe.outputs.formats import output_format
+from vlpipe.outputs.parquet import failure_row
 from vlpipe.reading.files import read_bytes
 from vlpipe.reading.specs import Record
 from vlpipe.schema import STAGE_DECODE, STAGE_FILTER, STAGE_INPUT, STAGE_READ
 from vlpipe.worker.handlers import Models, PreparedImage, prepare_image
-from vlpipe.worker.write import failure_row
 
 #: records per decode task: a task per image would cost more than a missing file's whole path
 GROUP = 8
@@ -73,7 +74,8 @@ def prepare_one(record: Record, models: Models, options) -> PreparedImage | dict
     try:
         return prepare_image(
             record.image_id, data, models, record.text, options.filters.max_pixels,
-            options.filters, options.thumbnail_px, options.output_format == "webdataset",
+            options.filters, options.thumbnail_px,
+            output_format(options.output_format).needs_image_bytes,
         )  # fmt: skip
     except FilterError as exc:
         return failure_row(record.image_id, record.uri, STAGE_FILTER, exc.reason, str(exc))

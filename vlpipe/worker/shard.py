@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import socket
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,23 +25,23 @@ import apache_beam as beam
 
 from vlpipe.images.decode import Filters
 from vlpipe.images.quality import flag_counts
-from vlpipe.reading.records import spec_records
-from vlpipe.reading.specs import Record, ShardSpec
-from vlpipe.rundir import FAILED, PARTS, WDS, RunDir
-from vlpipe.schema import STAGE_INFER
-from vlpipe.storage import DEFAULT_RETRIES, configure_retries
-from vlpipe.worker.devices import worker_device
-from vlpipe.worker.handlers import Models, PreparedImage, VlpipeModelHandler
-from vlpipe.worker.prefetch import prepare_ahead
-from vlpipe.worker.progress import WorkerProgress
-from vlpipe.worker.wds import WdsWriter
-from vlpipe.worker.write import (
+from vlpipe.outputs.formats import output_format
+from vlpipe.outputs.parquet import (
     failure_row,
     failures_table,
     part_name,
     results_table,
     write_chunk,
 )
+from vlpipe.reading.records import spec_records
+from vlpipe.reading.specs import Record, ShardSpec
+from vlpipe.rundir import FAILED, PARTS, RunDir
+from vlpipe.schema import STAGE_INFER
+from vlpipe.storage import DEFAULT_RETRIES, configure_retries
+from vlpipe.worker.devices import worker_device
+from vlpipe.worker.handlers import Models, PreparedImage, VlpipeModelHandler
+from vlpipe.worker.prefetch import prepare_ahead
+from vlpipe.worker.progress import WorkerProgress
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +56,7 @@ class ShardOptions:
     dim: int = 0  # the embedder's dimension from its config (the driver loads no weights); 0: none
     columns: tuple[str, ...] | None = None  # the source columns to keep (None: all)
     thumbnail_px: int = 0  # store a JPEG thumbnail this size per row; 0: none
-    output_format: str = "parquet"  # or "webdataset": tar shards beside the parts
+    output_format: str = "parquet"  # a name in vlpipe.outputs.formats.FORMATS
     model_fields: tuple = ()  # pa.Fields of the columns the models add (--ask, --candidates)
     storage_retries: int = DEFAULT_RETRIES  # attempts per storage request (vlpipe.storage)
 
@@ -162,13 +160,16 @@ class _Parts:
         self.run, self.spec, self.models, self.handler = run, spec, models, handler
         self.options, self.tally, self.progress = options, tally, progress
         self.clock = Counter()
-        self.written: dict[str, dict] = {PARTS: {}, FAILED: {}, WDS: {}}
+        self.format = output_format(options.output_format)  # what is written beside the parts
+        self.written: dict[str, dict] = {PARTS: {}, FAILED: {}}
+        if self.format.folder:
+            self.written[self.format.folder] = {}
         self.extra_fields: list | None = None  # the source's column types, for the parts
         self.batch: list[tuple[Record, PreparedImage]] = []
         self.results: list[dict] = []
         self.failures: list[dict] = []
         self.ids: list[str] = []
-        self.wds = None
+        self.writer = None  # the format's writer of the part being filled
 
     def add(self, record: Record, item: PreparedImage | dict) -> None:
         self.ids.append(record.image_id)
@@ -187,13 +188,11 @@ class _Parts:
         if self.ids:
             self._write()
 
-    def _wds_writer(self):
-        """The chunk's tar, streamed under a provisional name (the part's name, made of the
-        chunk's ids, is known only when the chunk ends)."""
-        if self.wds is None:
-            provisional = f"{self.spec.key}-{uuid.uuid4().hex[:12]}.tar"
-            self.wds = WdsWriter(self.run.fs, self.run.join(WDS, provisional))
-        return self.wds
+    def _writer(self):
+        """The format's writer for the part being filled, opened at its first row."""
+        if self.writer is None:
+            self.writer = self.format.open(self.run, self.spec.key)
+        return self.writer
 
     def _infer(self) -> None:
         start = time.perf_counter()
@@ -201,9 +200,10 @@ class _Parts:
         done, failed = infer_with_retry([p for _, p in self.batch], self.models, self.handler)
         rows = [result_row(by_id[p.image_id], p, res, self.options.columns) for p, res in done]
         self.results.extend(rows)
-        if self.options.output_format == "webdataset":
+        if self.format.open and rows:
+            writer = self._writer()
             for (prepared, _), row in zip(done, rows, strict=True):
-                self._wds_writer().add(row, prepared.raw)
+                writer.add(row, prepared.raw)
         self.failures.extend(
             failure_row(p.image_id, by_id[p.image_id].uri, STAGE_INFER, "model-error", err)
             for p, err in failed
@@ -222,24 +222,20 @@ class _Parts:
         self.tally.flags.update(flag_counts(self.results))
         opts = self.options
         name = part_name(self.spec.key, self.ids)
-        written = write_chunk(
-            self.run,
-            name,
-            results_table(
-                self.results,
-                opts.dim,
-                opts.float16,
-                bool(opts.thumbnail_px),
-                [*(self.extra_fields or []), *opts.model_fields],
-            ),  # fmt: skip
-            failures_table(self.failures),
+        table = results_table(
+            self.results,
+            opts.dim,
+            opts.float16,
+            bool(opts.thumbnail_px),
+            [*(self.extra_fields or []), *opts.model_fields],
         )
+        written = write_chunk(self.run, name, table, failures_table(self.failures))
         for sub in (PARTS, FAILED):
             self.written[sub].update(written[sub])
-        if self.wds is not None:  # the tar beside the part, named like it, after it
-            self.wds.path = self.run.join(WDS, name.removesuffix(".parquet") + ".tar")
-            self.written[WDS][posixpath.basename(self.wds.path)] = self.wds.close()
-            self.wds = None
+        if self.writer is not None:  # the format's files beside the part, named like it
+            files = self.writer.close(name.removesuffix(".parquet"), table)
+            self.written[self.format.folder].update(files)
+            self.writer = None
         self.results, self.failures, self.ids = [], [], []
         self.progress.update(self.spec.key, len(self.tally.seen))
         self.clock["write_s"] += time.perf_counter() - start
@@ -268,7 +264,7 @@ def _marker(
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "parts": {**{n: None for n in tally.kept[PARTS]}, **written[PARTS]},
         "failed_parts": {**{n: None for n in tally.kept[FAILED]}, **written[FAILED]},
-        "wds": written[WDS],
+        **{key: files for key, files in written.items() if key not in (PARTS, FAILED)},
         "filters": filters.describe(),
         **{k: round(v, 3) for k, v in clock.items()},
     }

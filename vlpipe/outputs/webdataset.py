@@ -19,6 +19,7 @@ import os
 import posixpath
 import tarfile
 import tempfile
+import uuid
 from decimal import Decimal
 from typing import IO, Any
 
@@ -26,7 +27,12 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
+from vlpipe.outputs.base import OutputFormat, PartWriter
+from vlpipe.rundir import RunDir
 from vlpipe.storage import TMP_PREFIX, is_object_store, reporting
+
+#: the run's folder of tar shards, one beside each result part
+FOLDER = "wds"
 
 #: file extension of a sample's image by the row's `format` (Pillow's name); others get "img"
 EXTENSIONS = {
@@ -200,4 +206,34 @@ class WdsWriter:
                 file.close()
 
 
-__all__ = ["WdsWriter", "embedding_npy", "image_extension", "jsonable", "row_json"]
+class WdsPartWriter(PartWriter):
+    """A part's tar, streamed under a provisional name while the part fills (its final name,
+    made of the part's ids, is known only at close), then renamed beside the part."""
+
+    def __init__(self, run: RunDir, key: str):
+        self.run = run
+        self._tar = WdsWriter(run.fs, run.join(FOLDER, f"{key}-{uuid.uuid4().hex[:12]}.tar"))
+
+    def add(self, row: dict, image: bytes | None) -> None:
+        self._tar.add(row, image)
+
+    def close(self, part: str, table: pa.Table) -> dict[str, int]:
+        self._tar.path = self.run.join(FOLDER, f"{part}.tar")
+        size = self._tar.close()
+        return {f"{part}.tar": size} if size else {}
+
+    def abort(self) -> None:
+        self._tar.abort()
+
+
+WEBDATASET = OutputFormat(
+    name="webdataset",
+    help="also tar shards (image, .txt, .json, .npy) in OUT/wds, one beside each part",
+    folder=FOLDER,
+    files=FOLDER,
+    needs_image_bytes=True,
+    open=WdsPartWriter,
+)
+
+
+__all__ = ["WEBDATASET", "WdsWriter", "embedding_npy", "image_extension", "jsonable", "row_json"]

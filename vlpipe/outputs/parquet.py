@@ -1,4 +1,5 @@
-"""Build a shard's result and failure tables, write them atomically, then its done marker.
+"""Parquet parts, the output every run writes: a shard's result and failure tables, written
+atomically (resume, the index, search and dedup read only these).
 
 A part's name is derived from the spec it came from and the ids it holds, so a Beam retry of the
 same spec rewrites the same files, and a part that no marker names is known to be the leftover of
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from vlpipe.outputs.base import OutputFormat
 from vlpipe.rundir import FAILED, PARTS, RunDir, write_table_atomic
 from vlpipe.schema import FAILED_SCHEMA, result_schema
 
@@ -111,6 +113,10 @@ def write_chunk(run: RunDir, name: str, results: pa.Table, failures: pa.Table) -
 def failure_row(image_id: str, uri: str, stage: str, reason: str, error: str) -> dict:
     error = " ".join(str(error).split())[:500]  # one readable line
     return {"image_id": image_id, "uri": uri, "stage": stage, "reason": reason, "error": error}
+
+
+#: the default: the parts alone (the other formats add their files beside them)
+PARQUET = OutputFormat(name="parquet", help="Parquet parts only (every format writes them)")
 
 
 __all__ = ["failure_row", "failures_table", "part_name", "results_table", "write_chunk"]
