@@ -60,7 +60,11 @@ setup(
             "playwright>=1.40",
             "webdataset>=0.2",
             "ImageHash>=4.3",  # the reference the perceptual hash is tested against
+            "pylance>=14",  # --output-format lance, read back with lancedb in its tests
+            "lancedb>=0.40",
         ],
+        # --output-format lance (the dataset; lancedb reads it as a table)
+        "lance": ["pylance>=14"],
         "s3": ["s3fs>=2025.1"],
         "gcs": ["gcsfs>=2025.1"],
         "dask": ["apache-beam[dask]>=2.60,<3"],
