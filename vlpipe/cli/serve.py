@@ -18,14 +18,29 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
     help="Thumbnail cache folder [default: ~/.cache/vlpipe/thumbs/<index hash>].",
 )
 @click.option("--max-upload-mb", type=click.IntRange(1, 100), default=10, show_default=True)
+@click.option(
+    "--token",
+    envvar="VLPIPE_TOKEN",
+    show_envvar=True,
+    default=None,
+    help="Require this token (?token=, then a cookie; or Authorization: Bearer). Beyond "
+    "loopback one is generated when none is given; on loopback none is required unless given.",
+)
 def command(
-    index: str, host: str, port: int, device: str, cache_dir: str | None, max_upload_mb: int
+    index: str,
+    host: str,
+    port: int,
+    device: str,
+    cache_dir: str | None,
+    max_upload_mb: int,
+    token: str | None,
 ) -> None:
     """Serve a search page and JSON API for the index at --index (Ctrl-C stops it)."""
     try:
         import uvicorn
 
         from vlpipe.serve.app import LOOPBACK_HOSTS, Limits, create_app
+        from vlpipe.serve.token import TokenGate, new_token
     except ModuleNotFoundError as exc:
         raise click.ClickException(
             f"vlpipe serve needs the 'serve' extra ({exc.name} is missing): "
@@ -44,13 +59,21 @@ def command(
         Limits(max_upload_bytes=max_upload_mb * 1024 * 1024),
         allowed_hosts=LOOPBACK_HOSTS if local else None,
     )
+    if token is not None and not token.strip():
+        raise click.BadParameter("the token is empty", param_hint="--token")
+    token = token or (None if local else new_token())
+    if token:
+        app = TokenGate(app, token)
     if not local:
         click.echo(
-            f"warning: listening on {host}: anyone who can reach this machine can search the index "
-            "and see its images",
+            f"listening on {host}: anyone who has the URL below (its token) can search the index"
+            " and see its images",
             err=True,
         )
-    click.echo(f"serving {searcher.size} images on http://{_url_host(host)}:{port}/", err=True)
+    query = f"?token={token}" if token else ""
+    click.echo(
+        f"serving {searcher.size} images on http://{_url_host(host)}:{port}/{query}", err=True
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
