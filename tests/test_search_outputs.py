@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.helpers.where_run import write_run
+from vlpipe.errors import VlpipeError
 from vlpipe.index.build import build_index
 from vlpipe.rundir import RunDir
 from vlpipe.search.results import attach, hits_table, write_hits
@@ -131,6 +132,25 @@ def test_cli_output_and_one_line_refusals(indexed, tmp_path):
     )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+    assert "stacked statements are not allowed" in result.output  # not the model's error
+
+
+def test_a_hostile_filter_is_refused_before_any_model_loads(indexed):
+    """The run's embedder cannot load here (a synthetic run): the filter's refusal must come
+    first, for text and image queries, with no model loaded."""
+    from PIL import Image
+
+    searcher = Searcher.open(str(indexed[0]))
+    for search in (
+        lambda w: searcher.search_text(["dog"], 3, where=w),
+        lambda w: searcher.search_text(["dog"], 3, mode="hybrid", where=w),
+        lambda w: searcher.search_image([Image.new("RGB", (8, 8))], 3, where=w),
+    ):
+        with pytest.raises(VlpipeError, match="stacked statements are not allowed"):
+            search("license = 'a'; DROP TABLE x")
+        with pytest.raises(VlpipeError, match="unknown column 'nope'"):
+            search("nope = 1")
+    assert searcher._embedder is None and searcher._text_queries is None
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivfsq"])

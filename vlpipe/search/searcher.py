@@ -111,6 +111,7 @@ class Searcher:
         if not queries or any(not q or not q.strip() for q in queries):
             raise VlpipeError("empty query: give some words to search for")
         mode = self._check_mode(mode)
+        self._check_where(where)  # a bad filter is refused before any model loads
         if mode == "keyword":
             return self._search_keywords(queries, k, where)
         embedder = self._load_text_queries()
@@ -142,6 +143,7 @@ class Searcher:
             raise VlpipeError("no query image given")
         if dedup:
             return self.collapsed(lambda depth: self.search_image(images, depth, where), k)
+        self._check_where(where)  # a bad filter is refused before any model loads
         import torch
 
         embedder = self._load_embedder()
@@ -211,6 +213,12 @@ class Searcher:
 
             self._row_filter = RowFilter(self.store, self.meta, self._idmap)
         return self._row_filter.rows(where)
+
+    def _check_where(self, where: str | None) -> None:
+        """Parse and check a filter against the run's columns (its rows are kept for the
+        search that follows): one line for a malformed or hostile one, before any model."""
+        if where is not None and where.strip():
+            self.filter_rows(where)
 
     def _search_where(
         self, vectors: np.ndarray, k: int, where: str
