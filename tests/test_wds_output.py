@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from vlpipe.images.thumbnails import make_thumbnail
-from vlpipe.schema import image_id
 from vlpipe.outputs.webdataset import WdsWriter, image_extension, jsonable
+from vlpipe.schema import image_id
 
 webdataset = pytest.importorskip("webdataset")
 
