@@ -473,6 +473,12 @@ def test_ask_refusals_are_one_line(args, message, dirs, asked_run):
 
 
 def test_ask_refuses_a_run_whose_captioner_takes_no_question(dirs, corpus, tmp_path):
+    from starlette.testclient import TestClient
+
+    from vlpipe.search.searcher import Searcher
+    from vlpipe.serve.app import create_app
+    from vlpipe.serve.thumbnails import ThumbnailCache
+
     out = tmp_path / "out"
     made = cli("run", corpus, "-o", out, "--captioner", dirs["blip"], "--embedder",
                dirs["clip"], "--max-caption-tokens", "3", "--no-progress")  # fmt: skip
@@ -481,6 +487,15 @@ def test_ask_refuses_a_run_whose_captioner_takes_no_question(dirs, corpus, tmp_p
     assert result.exit_code == 1
     assert "cannot answer questions: pass --model with a prompted model" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+    searcher = Searcher.open(str(out))
+    plain = TestClient(create_app(searcher, ThumbnailCache(tmp_path / "t")))
+    refused = plain.get("/api/ask", params={"q": "Why?", "k": 2})
+    assert refused.status_code == 400 and "cannot answer questions" in refused.json()["error"]
+    app = create_app(searcher, ThumbnailCache(tmp_path / "t"), ask_model=dirs["llava"])
+    answered = TestClient(app).get("/api/ask", params={"q": "Why?", "k": 2})
+    assert answered.status_code == 200, answered.text
+    assert all(isinstance(r["answer"], str) for r in answered.json()["results"])
 
 
 def test_api_ask_and_answer_columns_on_search(dirs, asked_run, tmp_path):

@@ -26,6 +26,10 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
     help="Require this token (?token=, then a cookie; or Authorization: Bearer). Beyond "
     "loopback one is generated when none is given; on loopback none is required unless given.",
 )
+@click.option(
+    "--ask-model", default=None,
+    help="Prompted model answering /api/ask [default: the run's captioner, if prompted].",
+)  # fmt: skip
 def command(
     index: str,
     host: str,
@@ -34,6 +38,7 @@ def command(
     cache_dir: str | None,
     max_upload_mb: int,
     token: str | None,
+    ask_model: str | None,
 ) -> None:
     """Serve a search page and JSON API for the index at --index (Ctrl-C stops it)."""
     try:
@@ -58,6 +63,7 @@ def command(
         thumbs,
         Limits(max_upload_bytes=max_upload_mb * 1024 * 1024),
         allowed_hosts=LOOPBACK_HOSTS if local else None,
+        ask_model=ask_model,
     )
     if token is not None and not token.strip():
         raise click.BadParameter("the token is empty", param_hint="--token")
