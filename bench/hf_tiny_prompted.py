@@ -1,6 +1,7 @@
-"""Tiny randomly initialised prompted vision-language models (LLaVA, Qwen2-VL, Idefics3 / SmolVLM,
-PaliGemma, BLIP-2), built offline from configs and saved with `save_pretrained`, so that
-`AutoProcessor` + `AutoModelForImageTextToText.from_pretrained(dir)` load them like a hub download.
+"""Tiny randomly initialised prompted vision-language models (LLaVA, Qwen2-VL, Qwen2.5-VL,
+Idefics3 / SmolVLM, PaliGemma, BLIP-2), built offline from configs and saved with
+`save_pretrained`, so that `AutoProcessor` + `AutoModelForImageTextToText.from_pretrained(dir)`
+load them like a hub download.
 
 Each has a WordLevel tokenizer with the family's special tokens, left padding, and (except
 PaliGemma and BLIP-2, whose processors take a plain prompt) a chat template that puts the image
@@ -19,7 +20,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from bench.hf_tiny import WORDS
 
 SEED = 0
-FAMILIES = ("llava", "qwen2_vl", "idefics3", "paligemma", "blip2")
+FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "paligemma", "blip2")
 _PROMPT_WORDS = "user assistant : describe this image one sentence . ? how many yes no".split()
 _INIT = 0.2
 _TEXT = dict(
@@ -161,6 +162,47 @@ def build_tiny_qwen2_vl(path: str | Path) -> str:
     )
     model = _seeded(lambda: Qwen2VLForConditionalGeneration(config))
     processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
+        video_processor=Qwen2VLVideoProcessor(),
+        tokenizer=tokenizer,
+        chat_template=_template("<|vision_start|><|image_pad|><|vision_end|>"),
+    )
+    return _save(path, model, processor)
+
+
+def build_tiny_qwen2_5_vl(path: str | Path) -> str:
+    """Qwen2.5-VL: Qwen2-VL's processor and tokens, a windowed-attention vision tower."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    specials = ["<pad>", "<unk>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>"]  # fmt: skip
+    tokenizer, vocab = _tokenizer(specials, pad_token="<pad>", eos_token="<|im_end|>")
+    rope = {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0}
+    text = dict(
+        _TEXT, num_key_value_heads=2, vocab_size=len(vocab), rope_parameters=rope,
+        eos_token_id=vocab["<|im_end|>"], pad_token_id=0, bos_token_id=None,
+    )  # fmt: skip
+    vision = dict(
+        depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+        patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+        fullatt_block_indexes=[1], initializer_range=_INIT,
+    )  # fmt: skip
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+    )
+    model = _seeded(lambda: Qwen2_5_VLForConditionalGeneration(config))
+    processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
         video_processor=Qwen2VLVideoProcessor(),
         tokenizer=tokenizer,

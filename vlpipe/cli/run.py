@@ -32,10 +32,18 @@ from vlpipe.storage import DEFAULT_RETRIES
 @click.option("--min-batch-size", type=int, default=1, show_default=True)
 @click.option("--max-caption-tokens", type=int, default=30, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
-              help="auto: fp16 on GPU; bf16 on CPUs with native bf16 (vlpipe-mini), else fp32.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default="auto",
-              help="CPU runtime of vlpipe-mini's image tower; auto: openvino when installed.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+    default="auto",
+    help="auto: fp16 on GPU; bf16 on CPUs with native bf16 (vlpipe-mini), else fp32.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "openvino"]),
+    default="auto",
+    help="CPU runtime of vlpipe-mini's image tower; auto: openvino when installed.",
+)
 @click.option("--decode-threads", type=int, default=4, show_default=True)
 @click.option(
     "--shard-size",

@@ -33,8 +33,6 @@ from vlpipe.models.prompting import Prompting, settings_fingerprint
 
 #: processors that insert a model's image tokens themselves when the text has none
 SELF_INSERTING = frozenset({"paligemma", "blip-2", "instructblip", "florence2"})
-#: families checked here with tiny random models (tests/test_prompted.py)
-VERIFIED = ("llava", "qwen2_vl", "idefics3", "paligemma")
 #: shortest image side decode keeps when the processor says nothing usable
 FALLBACK_IMAGE_SIZE = 448
 

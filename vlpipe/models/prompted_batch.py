@@ -76,7 +76,7 @@ def _is_text(key: str, tensor: torch.Tensor, ids: torch.Tensor) -> bool:
 #: families whose vision pass is shared across prompts (checked with tiny models: the same
 #: answers, one vision pass per image); in transformers 5 their `model.model.get_image_features`
 #: returns the image features as `pooler_output`, one entry or row block per image, in order
-SHARED_VISION = frozenset({"llava", "qwen2_vl", "idefics3", "paligemma"})
+SHARED_VISION = frozenset({"llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "paligemma"})
 
 
 @contextlib.contextmanager
