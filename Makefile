@@ -24,6 +24,9 @@ $(STAMP): setup.py
 	@$(PIP_INSTALL) $(TORCH_PIN)
 	@echo "installing vlpipe (editable) with its test, s3, dask and serve extras"
 	@$(PIP_INSTALL) -e '.[test,s3,dask,serve]' $(TORCH_PIN)
+	@echo "installing facenet-pytorch (the MTCNN face detector's weights for --detect-faces)"
+	@# --no-deps: its metadata pins torch<2.3, numpy<2, Pillow<10.3, none of which its MTCNN needs
+	@$(PIP_INSTALL) --no-deps facenet-pytorch==2.6.0
 	@touch $(STAMP)
 	@echo "installed vlpipe $$($(PY) -c 'import vlpipe; print(vlpipe.__version__)') in $(VENV):" \
 		"run 'source $(VENV)/bin/activate' to use the vlpipe command"

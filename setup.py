@@ -62,6 +62,7 @@ setup(
             "ImageHash>=4.3",  # the reference the perceptual hash is tested against
             "pylance>=14",  # --output-format lance, read back with lancedb in its tests
             "lancedb>=0.40",
+            "scikit-image>=0.22",  # ships a real face photo (data/astronaut.png) for face tests
         ],
         # --output-format lance (the dataset; lancedb reads it as a table)
         "lance": ["pylance>=14"],
@@ -69,8 +70,9 @@ setup(
         "gcs": ["gcsfs>=2025.1"],
         "dask": ["apache-beam[dask]>=2.60,<3"],
         "serve": ["starlette>=0.37", "uvicorn>=0.30", "python-multipart>=0.0.9"],
-        # `make bench`: the fastest other JPEG decoders to compare with, and the CPU profiler
-        "bench": ["simplejpeg>=1.7", "opencv-python-headless>=4.8", "py-spy>=0.3", "psutil>=5.9"],
+        # `make bench`: the fastest other JPEG decoders to compare with, and the CPU profiler;
+        # OpenCV 4.x (5.x dropped its Haar cascades, bench/faces' baseline face detector)
+        "bench": ["simplejpeg>=1.7", "opencv-python-headless>=4.8,<5", "py-spy>=0.3", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["vlpipe=vlpipe.cli:main"]},
 )
