@@ -4,6 +4,7 @@ JPEG thumbnails (vlpipe.images.thumbnails)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import tarfile
@@ -74,8 +75,11 @@ def read_back(local_path: str) -> dict[str, dict]:
     return {s["__key__"]: s for s in ds}
 
 
-def expected_json(row: dict) -> dict:
-    out = {}
+def expected_json(row: dict, data: bytes) -> dict:
+    """The row as JSON, plus what the export did: these images carry no metadata, so their
+    bytes go out unchanged."""
+    out = {"export_format": row["format"], "export_metadata": "unchanged",
+           "export_sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
     for k, v in row.items():
         if k in ("embedding", "thumbnail") or isinstance(v, bytes):
             continue
@@ -97,7 +101,7 @@ def check_samples(samples: dict[str, dict], rows) -> None:
             assert "txt" not in s
         else:
             assert s["txt"] == row["caption"]
-        assert s["json"] == expected_json(row)
+        assert s["json"] == expected_json(row, data)
         assert s["json"]["taken_at"] == f"2024-05-17T12:30:{row['taken_at'].second:02d}+00:00"
         assert "thumbnail" not in s["json"] and "raw_user_blob" not in s["json"]
         assert s["npy"].dtype == np.float16
@@ -329,7 +333,10 @@ def test_arrow_null_scalars_omit_txt_and_npy(tmp_path):
     write(fs, path, [(arrow_row, data)])
     (sample,) = read_back(path).values()
     assert sample["png"] == data and "txt" not in sample and "npy" not in sample
-    assert sample["json"] == {"image_id": row["image_id"], "format": "PNG", "caption": None}
+    assert sample["json"] == {
+        "image_id": row["image_id"], "format": "PNG", "caption": None, "export_format": "PNG",
+        "export_metadata": "unchanged", "export_sha256": hashlib.sha256(data).hexdigest(),
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("proto", ["file", "memory"])

@@ -94,6 +94,20 @@ from vlpipe.storage import DEFAULT_RETRIES
     help="Add a float column NAME: a head over the embeddings (FILE.safetensors|.pth) or an"
     " image classifier's label probability (MODEL:LABEL, a hub id or local dir). Repeatable.",
 )  # fmt: skip
+@click.option(
+    "--keep-metadata", is_flag=True,
+    help="Copy image bytes exactly as read into outputs that copy them (WebDataset): by default"
+    " the location, camera serial and other metadata are stripped (pixels untouched).",
+)  # fmt: skip
+@click.option(
+    "--detect-faces", is_flag=True,
+    help="Find faces (MTCNN, facenet-pytorch's weights): columns faces and face_boxes.",
+)  # fmt: skip
+@click.option(
+    "--blur-faces", is_flag=True,
+    help="Blur detected faces in every exported image and stored thumbnail (implies"
+    " --detect-faces).",
+)  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in --output.")
 @click.option("--retry-failed", is_flag=True, help="Process again the inputs that failed before.")
 @click.option(
@@ -142,6 +156,9 @@ def command(ctx: click.Context, source: str, output: str, **kw) -> None:
         thumbnail_px=kw["save_thumbnails"],
         output_format=kw["output_format"],
         scores=tuple(kw["scores"]),
+        keep_metadata=kw["keep_metadata"],
+        detect_faces=kw["detect_faces"],
+        blur_faces=kw["blur_faces"],
         overwrite=kw["overwrite"],
         retry_failed=kw["retry_failed"],
         shared_output=kw["shared_output"],

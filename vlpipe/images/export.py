@@ -60,6 +60,22 @@ def export_image(
     return _done(stripped, fmt, UNCHANGED if stripped is data else STRIPPED)
 
 
+def exported(row: dict, data: bytes | None, policy: ExportPolicy) -> tuple[dict, bytes | None]:
+    """(row, bytes) as an output that copies image bytes gets them: the bytes under `policy`
+    (the row's face boxes blurred when it says so), the row with what was done (`export_format`,
+    `export_metadata`, `export_sha256`). Every format is fed through this, so none can skip it;
+    no bytes (a format that wants none) pass as they are."""
+    if data is None:
+        return row, None
+    out = export_image(bytes(data), str(row.get("format") or ""), policy, row.get("face_boxes"))
+    return {**row, **export_columns(out)}, out.data
+
+
+def export_columns(out: Exported) -> dict:
+    return {"export_format": out.format, "export_metadata": out.metadata,
+            "export_sha256": out.sha256}  # fmt: skip
+
+
 def reencode(data: bytes, fmt: str, boxes: Sequence[Box] = ()) -> tuple[bytes, str]:
     """The image upright (EXIF orientation applied), boxes blurred, saved without metadata:
     a JPEG stays a JPEG with its own quantisation tables and subsampling (so pixels outside the
@@ -94,4 +110,4 @@ def _done(data: bytes, fmt: str, how: str) -> Exported:
     return Exported(data, fmt, how, hashlib.sha256(data).hexdigest())
 
 
-__all__ = ["ExportPolicy", "Exported", "export_image", "reencode"]
+__all__ = ["ExportPolicy", "Exported", "export_columns", "export_image", "exported", "reencode"]

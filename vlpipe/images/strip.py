@@ -49,10 +49,19 @@ def strip_metadata(data: bytes, fmt: str) -> bytes:
     raise StripError(f"cannot strip {fmt or 'unknown'} metadata losslessly")
 
 
+#: TIFF/EXIF tags that say where, who or with what: Exif and GPS pointers, make, model, maker
+#: note, serial, XMP, IPTC, description, artist (a TIFF's own layout tags are not among them)
+_PRIVATE_TAGS = frozenset(
+    {0x8769, 0x8825, 0x010F, 0x0110, 0x927C, 0xA431, 0x02BC, 0x83BB, 0x010E, 0x013B}
+)
+
+
 def _holds_metadata(data: bytes) -> bool:
     try:
         im = Image.open(io.BytesIO(data))
-        return bool(im.getexif()) or any(k in im.info for k in ("xmp", "exif", "comment"))
+        if any(k in im.info for k in ("xmp", "comment")):
+            return True
+        return any(tag in _PRIVATE_TAGS for tag in im.getexif())
     except Exception:  # noqa: BLE001 - unparseable: assume the worst
         return True
 

@@ -42,12 +42,13 @@ def results_table(
     float16: bool = True,
     thumbnails: bool = False,
     extra_fields: list[pa.Field] | None = None,
+    faces: bool = False,
 ) -> pa.Table:
     """Rows to Arrow: vlpipe's columns (an all-null embedding when `dim` is 0, a captions-only
     run), then the sources' own columns, typed as the source typed them where it did."""
     extra = _extra_columns(rows, extra_fields or [])
     schema = result_schema(dim, float16, embeddings=dim > 0, thumbnails=thumbnails,
-                           extra=[c.field for c in extra])  # fmt: skip
+                           extra=[c.field for c in extra], faces=faces)  # fmt: skip
     columns = {
         name: pa.array([r.get(name) for r in rows], schema.field(name).type)
         for name in schema.names

@@ -8,6 +8,13 @@ whole or not at all and byte-identical for the same rows, so a Beam retry of a p
 same shard. Its name is known only when the part ends, so it streams to a temp file first: beside
 it on a local disk (then renamed), on the worker's own disk for an object store (then uploaded
 to its final key in one request: object stores have no rename, only a copy and a delete).
+
+The image bytes go through the export policy (vlpipe.images.export) on their way in: by default
+the location, camera serial and other metadata are stripped losslessly (pixels untouched,
+orientation kept), `--keep-metadata` keeps the bytes as read, `--blur-faces` blurs the row's
+face boxes. The sample's .json records what was done (`export_metadata`) and the hash of the
+bytes in the tar (`export_sha256`; the row's `sha256` stays the hash of the bytes read).
+Every writer that copies image bytes (curated subsets too) goes through this class.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
+from vlpipe.images.export import ExportPolicy, exported
 from vlpipe.outputs.base import OutputFormat, PartWriter
 from vlpipe.rundir import RunDir
 from vlpipe.storage import TMP_PREFIX, is_object_store, reporting
@@ -111,9 +119,12 @@ def _is_bytes(value: Any) -> bool:
 class WdsWriter:
     """Streams samples into one tar shard: memory holds one sample, never the shard."""
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, path: str):
+    def __init__(
+        self, fs: fsspec.AbstractFileSystem, path: str, policy: ExportPolicy | None = None
+    ):
         self.fs = fs
         self.path = path
+        self.policy = policy or ExportPolicy()  # metadata stripped unless asked to keep it
         folder, name = posixpath.split(path)
         self.folder = folder
         self.tmp = posixpath.join(folder, f"{TMP_PREFIX}{name}")
@@ -124,14 +135,17 @@ class WdsWriter:
         self._done = False
 
     def add(self, row: dict, image: bytes) -> None:
-        """One sample keyed by the row's image_id: image, caption, row JSON, embedding."""
+        """One sample keyed by the row's image_id: image (as the export policy has it), caption,
+        row JSON, embedding."""
         if self._done:
             raise ValueError(f"{self.path}: writer is closed")
         row = {k: _unwrap(k, v) for k, v in row.items()}
         key = str(row["image_id"])
         if not key or "/" in key or "." in key:
             raise ValueError(f"image_id {key!r} cannot be a WebDataset key")
-        members = [(f"{key}.{image_extension(row.get('format'))}", bytes(image))]
+        if "export_sha256" not in row:  # not yet through the export policy (vlpipe curate)
+            row, image = exported(row, image, self.policy)
+        members = [(f"{key}.{image_extension(row['export_format'])}", bytes(image))]
         if row.get("caption") is not None:
             members.append((f"{key}.txt", str(row["caption"]).encode("utf-8")))
         members.append((f"{key}.json", row_json(row)))

@@ -8,6 +8,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from vlpipe.errors import VlpipeError
 from vlpipe.images.decode import DEFAULT_MAX_PIXELS, Filters
+from vlpipe.images.export import ExportPolicy
 from vlpipe.models.prompting import Prompting
 from vlpipe.outputs.formats import output_format
 from vlpipe.storage import DEFAULT_RETRIES
@@ -39,6 +40,9 @@ class RunConfig:
     thumbnail_px: int = 0  # store a JPEG thumbnail of this size per row; 0: none
     output_format: str = "parquet"  # a name in vlpipe.outputs.formats.FORMATS
     scores: tuple[str, ...] = ()  # --score NAME=SPEC texts (vlpipe.models.scorers)
+    keep_metadata: bool = False  # exported image bytes as read (default: metadata stripped)
+    detect_faces: bool = False  # faces and face_boxes columns
+    blur_faces: bool = False  # blur faces in exported images and thumbnails (implies detect)
     overwrite: bool = False
     retry_failed: bool = False
     shared_output: bool = False  # the user says a local --output is a mount every worker sees
@@ -48,6 +52,10 @@ class RunConfig:
     take_over: bool = False  # take the output's lease from a run that still holds it
     beam_args: list[str] = field(default_factory=list)
     prompting: Prompting = field(default_factory=Prompting)  # --prompt, --ask, --candidates
+
+    def __post_init__(self) -> None:
+        if self.blur_faces:
+            self.detect_faces = True  # the boxes to blur come from the same pass
 
     def validate(self) -> None:
         checks = [
@@ -116,7 +124,12 @@ class RunConfig:
             "embedding_dtype": "float16" if self.float16 else "float32",
             **self.prompting.key(),  # only what differs from the defaults: older runs match
             **({"scores": list(self.scores)} if self.scores else {}),
+            **({"detect_faces": True} if self.detect_faces else {}),  # its parts have face columns
         }
+
+    def export_policy(self) -> ExportPolicy:
+        """What outputs that copy image bytes keep of them."""
+        return ExportPolicy(keep_metadata=self.keep_metadata, blur_faces=self.blur_faces)
 
 
 #: runners whose workers run in the launching process or on its machine

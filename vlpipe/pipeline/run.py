@@ -20,6 +20,7 @@ from vlpipe import __version__
 from vlpipe.errors import VlpipeError
 from vlpipe.models.backends import resolve_backend
 from vlpipe.models.describe import describe_models
+from vlpipe.models.faces import check_detector
 from vlpipe.models.precision import Precision, resolve_precision
 from vlpipe.models.prompting import check_columns, model_fields
 from vlpipe.models.registry import bf16_measured_on_cpu
@@ -50,6 +51,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     configure_retries(config.storage_retries)
     run_dir = RunDir(config.output)
     models = describe_models(config.captioner, config.embedder, config.prompting)  # configs only
+    if config.detect_faces:
+        check_detector()  # one line now, not a failure row per image in the workers
     precision = driver_precision(config)
     config.backend = driver_backend(config, echo)
     check_answer_columns(config)  # before the manifest: a refused run leaves nothing behind
@@ -88,6 +91,8 @@ def _run(
     if todo:
         run_shards(config, todo, models["embedder"]["dim"])
     summary = count(run_dir, specs, {w.spec.key for w in todo}, time.time() - started)
+    if not config.detect_faces:
+        summary.with_faces = None
     summary.corrupt_parts = resume.corrupt + summary.corrupt_parts
     if summary.seen == 0:
         raise VlpipeError(f"no images found in {config.source}")
@@ -210,6 +215,7 @@ def make_handler(config: RunConfig) -> VlpipeModelHandler:
         max_batch_size=config.batch_size,
         prompting=config.prompting,
         scores=config.scores,
+        detect_faces=config.detect_faces,
     )
 
 
@@ -230,6 +236,8 @@ def run_shards(config: RunConfig, todo: list[ShardWork], dim: int) -> None:
         config.output_format,
         (*model_fields(config.prompting), *config.score_fields()),
         config.storage_retries,
+        detect_faces=config.detect_faces,
+        export=config.export_policy(),
     )
     counts = [w.spec.count for w in todo]
     total = sum(counts) if None not in counts else None
@@ -305,6 +313,11 @@ def manifest(
         "columns": list(config.columns) if config.columns is not None else None,
         "thumbnail_px": config.thumbnail_px or None,
         "output_format": config.output_format,
+        "privacy": {
+            "keep_metadata": config.keep_metadata,
+            "detect_faces": config.detect_faces,
+            "blur_faces": config.blur_faces,
+        },
         "options": {
             "batch_size": config.batch_size,
             "shard_size": config.shard_size,

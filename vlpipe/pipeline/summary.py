@@ -34,6 +34,8 @@ class RunSummary:
     corrupt_parts: list[str] = field(default_factory=list)
     index: dict | None = None
     flags: dict[str, int] = field(default_factory=dict)  # quality flags (vlpipe.images.quality)
+    with_location: int = 0  # rows whose file holds a location (exif_gps)
+    with_faces: int | None = None  # rows with a face found; None: faces were not looked for
 
     @property
     def ok(self) -> bool:
@@ -60,12 +62,19 @@ class RunSummary:
         out += [f"  failed {reason}: {n}" for reason, n in sorted(self.reasons.items())]
         if self.flags:
             out.append(quality_line(self.flags, self.written))
+        out.append(self.privacy_line())
         if self.lost or self.missing_parts:
             out.append(f"LOST {self.lost} inputs; {self.missing_parts} parts named but missing")
         out += [
             f"corrupt part set aside, its inputs processed again: {p}" for p in self.corrupt_parts
         ]
         return out
+
+    def privacy_line(self) -> str:
+        line = f'privacy: {self.with_location} images hold a location (--where "exif_gps = true")'
+        if self.with_faces is not None:
+            line += f', {self.with_faces} show faces (--where "faces > 0")'
+        return line
 
     def counts(self) -> dict:
         return {
@@ -77,6 +86,8 @@ class RunSummary:
             "processed_this_run": self.processed,
             "lost": self.lost,
             "quality_flags": self.flags,
+            "with_location": self.with_location,
+            "with_faces": self.with_faces,
         }
 
 
@@ -104,6 +115,8 @@ def count(run: RunDir, specs: list[ShardSpec], worked: set[str], seconds: float)
             total["lost"] += abs(spec.count - marker["seen"])
         for key in ("seen", "written", "failed", "duplicates"):
             total[key] += marker[key]
+        for key in ("with_location", "with_faces"):  # markers of older runs have neither
+            total[key] += marker.get(key, 0)
         if spec.key in worked:
             total["processed"] += marker["processed"]
             clock.update({k: marker.get(k, 0.0) for k in TIMINGS})
@@ -125,4 +138,6 @@ def count(run: RunDir, specs: list[ShardSpec], worked: set[str], seconds: float)
         missing_parts=total["missing_parts"],
         corrupt_parts=list(run.corrupt),
         flags={name: flags[name] for name in FLAG_ORDER if name in flags},
+        with_location=total["with_location"],
+        with_faces=total["with_faces"],
     )

@@ -20,11 +20,14 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler
 
+from vlpipe.images.blur import blur_boxes
 from vlpipe.images.decode import DEFAULT_MAX_PIXELS, Filters, decode_image
 from vlpipe.images.fingerprints import phash, sha256
+from vlpipe.images.metadata import PhotoFacts, read_facts
 from vlpipe.images.quality import quality
 from vlpipe.images.thumbnails import make_thumbnail
 from vlpipe.models.base import CaptionEmbedder, Captioner, Embedder
+from vlpipe.models.faces import FaceDetector
 from vlpipe.models.prompting import Prompting
 from vlpipe.models.score_base import Scorer
 from vlpipe.worker.prompted import captions_and_columns
@@ -38,6 +41,7 @@ class Models:
     captioner: Captioner | None
     embedder: Embedder | None
     scorers: list[Scorer] = field(default_factory=list)  # --score, in the order given
+    faces: FaceDetector | None = None  # --detect-faces
 
     @property
     def fused(self) -> bool:
@@ -69,6 +73,8 @@ class PreparedImage:
     raw: bytes | None = None  # the bytes as read, when the run also writes WebDataset tars
     quality: dict | None = None  # the quality signals' columns (vlpipe.images.quality)
     score_pixels: dict[str, torch.Tensor] | None = None  # per scorer that reads the image
+    facts: PhotoFacts | None = None  # what the file's metadata says (location, camera, time)
+    face_boxes: list | None = None  # normalised face boxes, when the run detects faces
 
 
 @dataclass
@@ -89,16 +95,24 @@ def prepare_image(
     filters: Filters | None = None,
     thumbnail_px: int = 0,
     keep_raw: bool = False,
+    *,
+    blur_faces: bool = False,
 ) -> PreparedImage:
     """Decode once, at the size the models need, and preprocess for each. Raises DecodeError,
-    or FilterError for an image the filters skip (known from its header, before decoding)."""
+    or FilterError for an image the filters skip (known from its header, before decoding).
+    Faces are looked for (`models.faces`) on the same decoded image; `blur_faces` blurs them in
+    the stored thumbnail."""
     decoded = decode_image(data, models.image_size, max_pixels, filters)
     cap = models.captioner.preprocess(decoded.image) if models.captioner else None
     if models.embedder is None:
         emb = None
     else:
         emb = cap if models.fused else models.embedder.preprocess(decoded.image)
-    thumb = make_thumbnail(decoded.image, thumbnail_px) if thumbnail_px else None
+    boxes = models.faces.detect(decoded.image) if models.faces is not None else None
+    thumb = None
+    if thumbnail_px:
+        shown = blur_boxes(decoded.image, boxes) if blur_faces and boxes else decoded.image
+        thumb = make_thumbnail(shown, thumbnail_px)
     signals = quality(decoded.image)
     score_pixels = {s.spec.name: s.preprocess(decoded.image) for s in models.scorers
                     if s.needs_pixels}  # fmt: skip
@@ -106,6 +120,7 @@ def prepare_image(
         image_id, decoded.width, decoded.height, cap, emb, text, decoded.orig_width,
         decoded.orig_height, len(data), decoded.format, phash(decoded.image, signals.inner),
         sha256(data), thumb, data if keep_raw else None, signals.columns(), score_pixels,
+        read_facts(data), boxes,
     )  # fmt: skip
 
 
@@ -128,10 +143,12 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
         prompting: Prompting | None = None,
         scores: tuple[str, ...] = (),
         backend: str = "torch",
+        detect_faces: bool = False,
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self.backend = backend
         self.prompting = prompting or Prompting()
+        self.detect_faces = detect_faces
         self.captioner_name = captioner
         self.embedder_name = embedder
         self.device = device
@@ -153,14 +170,16 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
         key = (self.captioner_name, self.embedder_name, self.device, self.precision,
                self.prompting, self.backend)  # fmt: skip
         with _LOAD_LOCK:
-            if (*key, self.scores) not in _LOADED:
+            if (*key, self.scores, self.detect_faces) not in _LOADED:
                 from vlpipe.models.registry import load_models
                 from vlpipe.models.scorers import load_scorers, parse_score
 
                 specs = [parse_score(s) for s in self.scores]
                 scorers = load_scorers(specs, self.device, self.precision)
-                _LOADED[(*key, self.scores)] = Models(*load_models(*key), scorers)
-            return _LOADED[(*key, self.scores)]
+                faces = FaceDetector() if self.detect_faces else None
+                loaded = Models(*load_models(*key), scorers, faces)
+                _LOADED[(*key, self.scores, self.detect_faces)] = loaded
+            return _LOADED[(*key, self.scores, self.detect_faces)]
 
     def run_inference(
         self,

@@ -76,6 +76,7 @@ def prepare_one(record: Record, models: Models, options) -> PreparedImage | dict
             record.image_id, data, models, record.text, options.filters.max_pixels,
             options.filters, options.thumbnail_px,
             output_format(options.output_format).needs_image_bytes,
+            blur_faces=options.export.blur_faces,
         )  # fmt: skip
     except FilterError as exc:
         return failure_row(record.image_id, record.uri, STAGE_FILTER, exc.reason, str(exc))

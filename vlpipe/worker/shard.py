@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 
 from vlpipe.images.decode import Filters
+from vlpipe.images.export import ExportPolicy, exported
+from vlpipe.images.metadata import UNKNOWN
 from vlpipe.images.quality import flag_counts
 from vlpipe.outputs.formats import output_format
 from vlpipe.outputs.parquet import (
@@ -59,6 +61,8 @@ class ShardOptions:
     output_format: str = "parquet"  # a name in vlpipe.outputs.formats.FORMATS
     model_fields: tuple = ()  # pa.Fields of the columns the models add (--ask, --candidates)
     storage_retries: int = DEFAULT_RETRIES  # attempts per storage request (vlpipe.storage)
+    detect_faces: bool = False  # faces and face_boxes columns (the detector is in Models)
+    export: ExportPolicy = field(default_factory=ExportPolicy)  # what copied bytes keep
 
 
 @dataclass(frozen=True)
@@ -200,10 +204,11 @@ class _Parts:
         done, failed = infer_with_retry([p for _, p in self.batch], self.models, self.handler)
         rows = [result_row(by_id[p.image_id], p, res, self.options.columns) for p, res in done]
         self.results.extend(rows)
+        self.tally.counts.update(privacy_counts(rows))
         if self.format.open and rows:
             writer = self._writer()
             for (prepared, _), row in zip(done, rows, strict=True):
-                writer.add(row, prepared.raw)
+                writer.add(*exported(row, prepared.raw, self.options.export))
         self.failures.extend(
             failure_row(p.image_id, by_id[p.image_id].uri, STAGE_INFER, "model-error", err)
             for p, err in failed
@@ -228,6 +233,7 @@ class _Parts:
             opts.float16,
             bool(opts.thumbnail_px),
             [*(self.extra_fields or []), *opts.model_fields],
+            faces=opts.detect_faces,
         )
         written = write_chunk(self.run, name, table, failures_table(self.failures))
         for sub in (PARTS, FAILED):
@@ -259,6 +265,8 @@ def _marker(
         "failed": counts["failed"],
         "processed": len(tally.seen) - counts["held"],
         "duplicates": counts["duplicates"],
+        "with_location": counts["with_location"],  # of the rows this pass wrote
+        "with_faces": counts["with_faces"],
         "reasons": dict(tally.reasons),
         "flags": dict(tally.flags),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
@@ -296,9 +304,28 @@ def result_row(
         "embedding": result.embedding,
         "text": record.text,
         "text_score": result.text_score,
+        **photo_columns(prepared),
         "thumbnail": prepared.thumbnail,
         "extra": extra,
     }
+
+
+def photo_columns(prepared: PreparedImage) -> dict:
+    """The metadata columns, and the face columns when faces were looked for."""
+    facts = prepared.facts or UNKNOWN
+    out = {"exif_gps": facts.exif_gps, "camera": facts.camera, "taken_at": facts.taken_at}
+    if prepared.face_boxes is not None:
+        boxes = [[round(float(v), 4) for v in box] for box in prepared.face_boxes]
+        out.update(faces=len(boxes), face_boxes=boxes)
+    return out
+
+
+def privacy_counts(rows: list[dict]) -> Counter:
+    """Rows whose file holds a location, and rows with at least one face found."""
+    return Counter(
+        with_location=sum(r.get("exif_gps") is True for r in rows),
+        with_faces=sum((r.get("faces") or 0) > 0 for r in rows),
+    )
 
 
 def infer_with_retry(
