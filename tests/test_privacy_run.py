@@ -191,3 +191,37 @@ def test_a_detector_that_cannot_load_is_one_line_at_planning(tmp_path):
     assert len(lines) == 1 and "--detect-faces" in lines[0] and "facenet-pytorch" in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "parts").exists()
+
+
+@pytest.mark.parametrize("detect_in_run", [True, False])
+def test_serve_blur_faces_blurs_the_thumbnails_it_serves(tiny, tmp_path, detect_in_run):  # noqa: F811
+    pytest.importorskip("starlette", reason="needs the 'serve' extra")
+    from starlette.testclient import TestClient
+
+    from vlpipe.search.searcher import Searcher
+    from vlpipe.serve.app import create_app
+    from vlpipe.serve.blurred import VARIANT, FaceBlur
+    from vlpipe.serve.thumbnails import ThumbnailCache
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    face_corpus(src)
+    assert run(config(tiny, src, out, detect_faces=detect_in_run, build_index=True)).ok
+    rows = by_name(read_output(str(out))[0])
+    searcher = Searcher.open(str(out))
+    blur = FaceBlur(searcher)
+    assert blur.stored_boxes is detect_in_run  # else faces are looked for on the thumbnail
+    cache = tmp_path / "cache"  # shared with a plain server: the blurred ones are kept apart
+    plain = ThumbnailCache(cache, size=320)
+    blurred = ThumbnailCache(cache, size=320, finish=blur, variant=VARIANT)
+    shown = {}
+    for name, thumbs in (("plain", plain), ("blurred", blurred)):
+        with TestClient(create_app(searcher, thumbs), raise_server_exceptions=False) as client:
+            for file, row in rows.items():
+                got = client.get(f"/thumb/{row['image_id']}")
+                assert got.status_code == 200
+                shown[name, file] = np.asarray(Image.open(io.BytesIO(got.content))).astype(int)
+    assert np.array_equal(shown["plain", "flat.png"], shown["blurred", "flat.png"])
+    changed = np.abs(shown["plain", "face.png"] - shown["blurred", "face.png"])
+    _, region = pasted_face((320, 240), (200, 100), (80, 90))
+    mask = inside((320, 240), [region])
+    assert changed[mask].mean() > 5 and changed[mask].mean() > 5 * changed[~mask].mean()

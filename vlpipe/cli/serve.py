@@ -30,6 +30,10 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
     "--ask-model", default=None,
     help="Prompted model answering /api/ask [default: the run's captioner, if prompted].",
 )  # fmt: skip
+@click.option(
+    "--blur-faces", is_flag=True,
+    help="Blur faces in every thumbnail served (the run's face_boxes, else faces found on it).",
+)  # fmt: skip
 def command(
     index: str,
     host: str,
@@ -39,6 +43,7 @@ def command(
     max_upload_mb: int,
     token: str | None,
     ask_model: str | None,
+    blur_faces: bool,
 ) -> None:
     """Serve a search page and JSON API for the index at --index (Ctrl-C stops it)."""
     try:
@@ -57,6 +62,12 @@ def command(
     searcher = Searcher.open(index, device=device)
     searcher.search_text(["warm up"], 1)  # load the text tower now, not on the first query
     thumbs = ThumbnailCache(cache_dir or default_cache_dir(index))
+    if blur_faces:
+        from vlpipe.serve.blurred import VARIANT, FaceBlur
+
+        blur = FaceBlur(searcher)
+        blur.check()  # a detector that cannot load: one line now, not a broken page
+        thumbs.finish, thumbs.variant = blur, VARIANT
     local = host in LOOPBACK
     app = create_app(
         searcher,

@@ -35,15 +35,24 @@ def default_cache_dir(index: str) -> Path:
 class ThumbnailCache:
     """Thumbnails at most `size` px on their longer side, JPEG, one file per image_id."""
 
-    def __init__(self, cache_dir: str | os.PathLike, size: int = 256, max_source_mb: int = 64):
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        size: int = 256,
+        max_source_mb: int = 64,
+        finish: Callable[[str, bytes], bytes] | None = None,
+        variant: str = "",
+    ):
         self.dir = Path(cache_dir)
         self.size = size
         self.max_source_bytes = max_source_mb * 1024 * 1024
+        self.finish = finish  # applied before caching (serve --blur-faces blurs faces)
+        self.variant = variant  # in the file name, so differently finished ones never mix
 
     def path(self, image_id: str) -> Path:
         if not SAFE_ID.match(image_id):
             raise ValueError(f"not an image id: {image_id!r}")
-        return self.dir / f"{image_id}-{self.size}.jpg"
+        return self.dir / f"{image_id}-{self.size}{self.variant}.jpg"
 
     def get(
         self, image_id: str, uri: str, stored: Callable[[], bytes | None] | None = None
@@ -58,6 +67,8 @@ class ThumbnailCache:
         data = stored() if stored is not None else None
         if data is None:
             data = thumbnail_jpeg(read_source(uri, self.max_source_bytes), self.size)
+        if self.finish is not None:
+            data = self.finish(image_id, data)
         self._save(path, data)
         return data
 
