@@ -38,6 +38,7 @@ BENCHMARKS = {
     "quality_agreement": ("bench.quality_agreement", False),
     "mini_lowres": ("bench.mini_lowres", True),
     "mini_speed": ("bench.mini_speed", True),
+    "faces": ("bench.faces", False),
 }
 
 

@@ -15,10 +15,12 @@ its cost as a share of a default run, beside OpenCV's Haar cascade (the baseline
    `--detect-faces`, both fresh processes, alternating rounds; the share is the extra time over
    the default run. The detectors' own time per image is printed beside it.
 
-    python -m bench.faces [--rounds 3] [--images 100] [--smoke]
+    python -m bench.faces [--rounds 3] [--images 100] [--smoke] [--accuracy-only]
 
 `--smoke` runs everything on 8 photos and one round, to prove the script works (its figures mean
-nothing). Needs ../shared/datasets/flickr8k and facenet-pytorch (`make bench` installs it).
+nothing). `--accuracy-only` measures precision and recall and times nothing (for a busy machine:
+results/faces-accuracy.json). Needs ../shared/datasets/flickr8k and facenet-pytorch (`make bench`
+installs it).
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="8 photos, 1 round: proves it runs")
+    parser.add_argument("--accuracy-only", action="store_true", help="precision/recall, no timing")
     args = parser.parse_args()
     if not FLICKR.exists():
         sys.exit(f"bench.faces needs {FLICKR}")
@@ -151,10 +154,13 @@ def main() -> None:
     images = json.loads(LABELS.read_text(encoding="utf-8"))["images"]
     n, rounds = (8, 1) if args.smoke else (args.images, args.rounds)
     images = images[:n]
-    report = Report(NAME, TITLE)
+    report = Report(f"{NAME}-accuracy" if args.accuracy_only else NAME, TITLE)
     mtcnn = evaluate(FaceDetector().detect, images)
     haar_detect = haar_detector(DEFAULT_MIN_FACE)
     haar = evaluate(haar_detect, images) if haar_detect else None
+    if args.accuracy_only:  # the detectors' time per image is a timing: left out
+        for result in (mtcnn, haar or {}):
+            result.pop("ms_per_image", None)
     report.details.update(images=len(images), match_iou=MATCH_IOU, mtcnn=mtcnn, haar=haar)
     for metric in ("precision", "recall"):
         report.add(
@@ -163,6 +169,9 @@ def main() -> None:
                 "OpenCV Haar cascade" if haar else "none (OpenCV 5 has no cascades)",
             )
         )  # fmt: skip
+    if args.accuracy_only:
+        report.finish()
+        return
     runs = timed_runs(images, rounds, SCRATCH / NAME)
     share = runs["detect-faces"] / runs["default"] - 1
     report.details.update(run_seconds=runs, detect_share_of_default_run=round(share, 3))
