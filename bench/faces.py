@@ -154,7 +154,8 @@ def main() -> None:
     images = json.loads(LABELS.read_text(encoding="utf-8"))["images"]
     n, rounds = (8, 1) if args.smoke else (args.images, args.rounds)
     images = images[:n]
-    report = Report(f"{NAME}-accuracy" if args.accuracy_only else NAME, TITLE)
+    name = f"{NAME}-accuracy" if args.accuracy_only else NAME
+    report = Report(f"{name}-smoke" if args.smoke else name, TITLE)  # smoke: not a result
     mtcnn = evaluate(FaceDetector().detect, images)
     haar_detect = haar_detector(DEFAULT_MIN_FACE)
     haar = evaluate(haar_detect, images) if haar_detect else None
