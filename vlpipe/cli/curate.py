@@ -25,12 +25,23 @@ from vlpipe.curate.run import DEFAULT_SHARD_SIZE
 @click.option("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, show_default=True,
               help="Samples per tar, or rows per Parquet row group.")  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace a subset already in --to.")
+@click.option(
+    "--keep-metadata", is_flag=True,
+    help="webdataset: copy image bytes exactly as read (by default their location, camera serial"
+    " and other metadata are stripped, pixels untouched).",
+)  # fmt: skip
+@click.option(
+    "--blur-faces", is_flag=True,
+    help="Blur the run's face boxes (vlpipe run --detect-faces) in the exported images and the"
+    " report's thumbnails.",
+)  # fmt: skip
 def command(run_dir: str, to: str, where, dedup: bool, fmt: str, shard_size: int,
-            overwrite: bool) -> None:  # fmt: skip
+            overwrite: bool, keep_metadata: bool, blur_faces: bool) -> None:  # fmt: skip
     """Write the rows of RUN_DIR that pass every --where to SUBSET, with SUBSET/report.html."""
     from vlpipe.curate.run import curate
 
-    s = curate(run_dir, to, list(where), dedup, fmt, shard_size, overwrite, echo=click.echo)
+    s = curate(run_dir, to, list(where), dedup, fmt, shard_size, overwrite, echo=click.echo,
+               keep_metadata=keep_metadata, blur_faces=blur_faces)  # fmt: skip
     removed = ", ".join(f"{n:,} by --where {r!r}" for r, n in zip(s["rules"], s["removed_by_rule"],
                                                                    strict=True))  # fmt: skip
     extra = [removed] if removed else []
@@ -40,4 +51,7 @@ def command(run_dir: str, to: str, where, dedup: bool, fmt: str, shard_size: int
         extra.append(f"{s['unreadable']:,} unreadable sources (listed in curate.json)")
     click.echo(f"{s['written']:,} of {s['rows']:,} rows written to {to} ({fmt})"
                + (f"; removed {'; '.join(extra)}" if extra else ""))  # fmt: skip
+    if s.get("with_location") is not None:
+        faces = "" if s.get("with_faces") is None else f", {s['with_faces']:,} show faces"
+        click.echo(f"privacy: {s['with_location']:,} kept rows hold a location{faces}")
     click.echo(f"report: {to.rstrip('/')}/report.html")

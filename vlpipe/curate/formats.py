@@ -7,7 +7,9 @@
   more shards per row group). vlpipe's own columns stay out: a run computes them again.
 - `webdataset`: SUBSET/NNNNN.tar shards of --shard-size samples, each the source image's bytes,
   caption, row JSON and embedding, written by the same writer as `vlpipe run --output-format
-  webdataset`; a source that cannot be read is counted and listed, never silently dropped.
+  webdataset` (so the same export policy: metadata stripped unless --keep-metadata, faces
+  blurred with --blur-faces); a source that cannot be read is counted and listed, never
+  silently dropped.
 
 Both stream: one batch of rows, and for WebDataset one shard's open tar, at a time.
 """
@@ -22,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vlpipe.images.export import ExportPolicy
 from vlpipe.outputs.webdataset import WdsWriter
 from vlpipe.reading.sources import read_source
 from vlpipe.rundir import TMP_PREFIX
@@ -37,7 +40,9 @@ class ParquetManifest:
 
     name = "parquet"
 
-    def __init__(self, fs, folder: str, shard_size: int, user_columns: list[str]):
+    def __init__(self, fs, folder: str, shard_size: int, user_columns: list[str],
+                 policy: ExportPolicy | None = None):  # fmt: skip
+        # `policy` is for formats that copy image bytes: a manifest copies none
         self.fs, self.shard_size, self.user = fs, shard_size, user_columns
         self.path = posixpath.join(folder, MANIFEST)
         self.tmp = posixpath.join(folder, TMP_PREFIX + MANIFEST)
@@ -78,8 +83,10 @@ class WebDatasetShards:
 
     name = "webdataset"
 
-    def __init__(self, fs, folder: str, shard_size: int, user_columns: list[str]):
+    def __init__(self, fs, folder: str, shard_size: int, user_columns: list[str],
+                 policy: ExportPolicy | None = None):  # fmt: skip
         self.fs, self.folder, self.shard_size = fs, folder, shard_size
+        self.policy = policy or ExportPolicy()
         self.writer: WdsWriter | None = None
         self.shards: list[str] = []
         self.rows = 0
@@ -107,7 +114,7 @@ class WebDatasetShards:
     def _writer(self) -> WdsWriter:
         if self.writer is None:
             path = posixpath.join(self.folder, f"{len(self.shards):05d}.tar")
-            self.writer = WdsWriter(self.fs, path)
+            self.writer = WdsWriter(self.fs, path, self.policy)
         return self.writer
 
     def _close_shard(self) -> None:

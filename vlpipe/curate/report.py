@@ -130,9 +130,14 @@ def _floats(column) -> np.ndarray:
     return np.asarray(pc.fill_null(pc.cast(column, pa.float64()), np.nan).to_numpy(), np.float64)
 
 
+def shown_uris(data: ReportData) -> list[str]:
+    """The uris of the rows the page shows near a cut."""
+    return sorted({u for n in data.near for _, _, u in n.below + n.above})
+
+
 def thumbnails(data: ReportData, read) -> dict[str, str]:
     """uri -> data: URI of a small JPEG (or an error text) for every row shown near a cut."""
-    uris = sorted({u for n in data.near for _, _, u in n.below + n.above})
+    uris = shown_uris(data)
 
     def one(uri: str) -> tuple[str, str]:
         try:
@@ -196,6 +201,13 @@ def _counts(sel, extra: dict) -> str:
     if extra.get("unreadable"):
         rows.append(("source unreadable (not written)", extra["unreadable"], ""))
     rows.append(("rows written", extra.get("written", sel.kept), ""))
+    if extra.get("with_location") is not None:
+        rows.append(("of them holding a location (exif_gps)", extra["with_location"],
+                     "" if extra.get("keep_metadata") or extra.get("format") != "webdataset"
+                     else "stripped from the exported bytes"))  # fmt: skip
+    if extra.get("with_faces") is not None:
+        rows.append(("of them showing faces", extra["with_faces"],
+                     "blurred" if extra.get("blur_faces") else ""))  # fmt: skip
     body = "".join(
         f'<tr data-rule="{i}"><td>{escape(a)}</td><td class="n">{b:,}</td><td>{escape(c)}</td></tr>'
         for i, (a, b, c) in enumerate(rows)

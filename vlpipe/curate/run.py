@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 import pyarrow.parquet as pq
 
-from vlpipe.curate import formats, report, select
+from vlpipe.curate import formats, privacy, report, select
 from vlpipe.errors import VlpipeError
+from vlpipe.images.export import ExportPolicy
 from vlpipe.images.quality import COLUMNS as SIGNALS
 from vlpipe.images.thumbnails import thumbnail_jpeg
 from vlpipe.reading.sources import read_source
@@ -32,9 +33,12 @@ OURS = (formats.MANIFEST, report.REPORT, SUMMARY)
 def curate(
     run_dir: str, to: str, where: list[str] | tuple = (), dedup: bool = False,
     fmt: str = "parquet", shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
-    echo: Callable[[str], None] = lambda _: None,
+    echo: Callable[[str], None] = lambda _: None, keep_metadata: bool = False,
+    blur_faces: bool = False,
 ) -> dict:  # fmt: skip
-    """Write the subset; returns what SUBSET/curate.json holds."""
+    """Write the subset; returns what SUBSET/curate.json holds. WebDataset image bytes go out
+    without their metadata unless `keep_metadata`; `blur_faces` blurs the run's face boxes in
+    them and in the report's thumbnails."""
     if fmt not in formats.FORMATS:
         raise VlpipeError(f"unknown --format {fmt!r}: {' or '.join(formats.FORMATS)}")
     if shard_size < 1:
@@ -45,6 +49,10 @@ def curate(
     if not paths:
         raise VlpipeError(f"{run_dir} has no result parts to curate")
     rules, schema = select.check_rules(run, list(where), paths)
+    if blur_faces and privacy.BOXES not in schema.names:
+        raise VlpipeError(
+            f"--blur-faces needs the run's face boxes: {run_dir} was made without --detect-faces"
+        )
     fs, folder = formats.open_folder(to)
     _check_target(fs, folder, to, overwrite, run)
     if dedup:
@@ -59,12 +67,15 @@ def curate(
         columns = [n for n in schema.names if n != "thumbnail"]
     _clear(fs, folder, overwrite)
     fs.makedirs(folder, exist_ok=True)
-    writer = formats.FORMATS[fmt](fs, folder, shard_size, users)
+    policy = ExportPolicy(keep_metadata=keep_metadata, blur_faces=blur_faces)
+    writer = formats.FORMATS[fmt](fs, folder, shard_size, users, policy)
     selection = select.Selection(rules)
-    wanted = [*columns, *shown, "uri"]
+    counted = privacy.Counts(schema)
+    wanted = [*columns, *shown, *counted.columns, "uri"]
     for table, kept, counts in select.select(run, parts, rules, schema, wanted, dedup):
         data.add(table)
         writer.add(kept)
+        counted.add(kept)
         selection = counts
     files = writer.close()
     summary = {
@@ -74,8 +85,12 @@ def curate(
         "duplicates": selection.duplicates, "unreadable": len(writer.unreadable),
         "unreadable_examples": [{"uri": u, "error": e} for u, e in writer.unreadable[:20]],
         "written": writer.rows, "files": [posixpath.basename(f) for f in files],
+        **counted.summary(), "keep_metadata": keep_metadata, "blur_faces": blur_faces,
     }  # fmt: skip
-    thumbs = report.thumbnails(data, lambda uri, px: thumbnail_jpeg(read_source(uri, 2**26), px))
+    read = lambda uri, px: thumbnail_jpeg(read_source(uri, 2**26), px)  # noqa: E731
+    if blur_faces:
+        read = privacy.blurred_reader(run, parts, report.shown_uris(data), read)
+    thumbs = report.thumbnails(data, read)
     html = report.render(run_dir, to, fmt, selection, data, thumbs, summary)
     write_atomic(fs, posixpath.join(folder, report.REPORT), html.encode("utf-8"))
     write_atomic(fs, posixpath.join(folder, SUMMARY), json.dumps(summary, indent=1).encode())

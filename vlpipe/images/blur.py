@@ -8,6 +8,7 @@ image at any size.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 from PIL import Image, ImageFilter
@@ -41,4 +42,15 @@ def blur_boxes(image: Image.Image, boxes: Sequence[Box]) -> Image.Image:
     return out
 
 
-__all__ = ["Box", "blur_boxes", "pixel_box"]
+def blur_jpeg(jpeg: bytes, boxes: Sequence[Box] | None, quality: int = 85) -> bytes:
+    """A JPEG thumbnail with the boxes blurred (the same bytes when there are none)."""
+    if not boxes:
+        return jpeg
+    with Image.open(io.BytesIO(jpeg)) as im:
+        image = im.convert("RGB")
+    buf = io.BytesIO()
+    blur_boxes(image, boxes).save(buf, "JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+__all__ = ["Box", "blur_boxes", "blur_jpeg", "pixel_box"]

@@ -17,7 +17,7 @@ import pyarrow as pa
 from PIL import Image
 
 from vlpipe.errors import VlpipeError
-from vlpipe.images.blur import blur_boxes
+from vlpipe.images.blur import blur_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,11 @@ class FaceBlur:
             check_detector()
 
     def __call__(self, image_id: str, jpeg: bytes) -> bytes:
-        image = Image.open(io.BytesIO(jpeg)).convert("RGB")
         boxes = self._boxes(image_id) if self.stored_boxes else None
         if boxes is None:
-            boxes = self._detect(image)
-        if not boxes:
-            return jpeg
-        buf = io.BytesIO()
-        blur_boxes(image, boxes).save(buf, "JPEG", quality=85, optimize=True)
-        return buf.getvalue()
+            with Image.open(io.BytesIO(jpeg)) as im:
+                boxes = self._detect(im.convert("RGB"))
+        return blur_jpeg(jpeg, boxes)
 
     def _has_column(self) -> bool:
         try:
