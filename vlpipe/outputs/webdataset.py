@@ -14,7 +14,8 @@ the location, camera serial and other metadata are stripped losslessly (pixels u
 orientation kept), `--keep-metadata` keeps the bytes as read, `--blur-faces` blurs the row's
 face boxes. The sample's .json records what was done (`export_metadata`) and the hash of the
 bytes in the tar (`export_sha256`; the row's `sha256` stays the hash of the bytes read).
-Every writer that copies image bytes (curated subsets too) goes through this class.
+The worker feeds every format that copies image bytes through that policy (images/export.py,
+`exported`); this writer applies it itself to rows that have not been through it (curate).
 """
 
 from __future__ import annotations
