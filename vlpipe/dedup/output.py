@@ -62,8 +62,9 @@ def write_summary(run: RunDir, summary: dict) -> None:
 
 def read_summary(run: RunDir) -> dict | None:
     try:
-        return json.loads(run.fs.cat_file(run.join(DEDUP, SUMMARY)))
-    except (FileNotFoundError, ValueError):
+        blob = run.read(DEDUP, SUMMARY)  # one GET, none of the HEADs of a plain cat_file
+        return json.loads(blob) if blob is not None else None
+    except ValueError:
         return None
 
 

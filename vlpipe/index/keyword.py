@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from vlpipe.models.tokenize import tokenize
+from vlpipe.storage import is_object_store
 
 PREFIX = "keyword-"
 #: what meta.json["keyword"]["tokenizer"] records
@@ -108,7 +109,8 @@ class KeywordIndex:
             return
         with tempfile.TemporaryDirectory() as tmp:
             self.bm25.save(tmp)
-            fs.makedirs(path, exist_ok=True)
+            if not is_object_store(fs):  # object stores have no folders to make
+                fs.makedirs(path, exist_ok=True)
             for entry in sorted(os.listdir(tmp)):
                 fs.put_file(os.path.join(tmp, entry), posixpath.join(path, entry))
 

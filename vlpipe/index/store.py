@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from vlpipe.errors import VlpipeError
 from vlpipe.rundir import INDEX, MANIFEST, TMP_PREFIX, write_atomic, write_table_atomic
+from vlpipe.storage import is_object_store
 
 META = "meta.json"
 FORMAT_VERSION = 1
@@ -190,7 +191,8 @@ class IndexDir:
         `keyword` is a vlpipe.index.keyword.KeywordIndex over the same rows as `idmap`."""
         gen = uuid.uuid4().hex[:12]
         files = {"index": f"index-{gen}.faiss", "idmap": f"idmap-{gen}.parquet"}
-        self.fs.makedirs(self.folder, exist_ok=True)
+        if not is_object_store(self.fs):  # object stores have no folders to make
+            self.fs.makedirs(self.folder, exist_ok=True)
         self._write_faiss(index, self.join(files["index"]))
         write_table_atomic(self.fs, self.join(files["idmap"]), idmap)
         if keyword is not None:

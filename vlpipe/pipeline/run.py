@@ -103,7 +103,8 @@ def _run(
             echo(line)
     run_dir.write_manifest(manifest(config, models, started, "done", summary, precision))
     if summary.ok:
-        run_dir.remove(PLAN)
+        if any(s.kind == KIND_PAGE for s in specs):  # only listings save pages under _plan/
+            run_dir.remove(PLAN)
         run_dir.remove(PROGRESS)
         write_atomic(run_dir.fs, run_dir.join(SUCCESS), b"")
     return summary
