@@ -237,15 +237,20 @@ class RunDir:
                 out[posixpath.basename(path)[: -len(".json")]] = state
         return out
 
-    def remove(self, *names: str) -> None:
-        """A folder and all it holds (on object stores: one listing and one batched delete)."""
+    def remove(self, *names: str, nested: bool = False) -> None:
+        """A folder and all it holds (on object stores: one listing and one batched delete;
+        `nested`: the folder has folders of its own, so the listing walks them)."""
         path = self.join(*names)
         with reporting("remove", self.fs, path):
             if not is_object_store(self.fs):
                 if self.fs.exists(path):
                     self.fs.rm(path, recursive=True)
                 return
-            found = self.fs.find(path, withdirs=False)
+            if nested:
+                found = self.fs.find(path, withdirs=False)
+            else:
+                found = [e["name"] for e in listing(self.fs, path, detail=True)
+                         if e.get("type") == "file"]  # fmt: skip
             if found:
                 self.fs.rm(found)
 

@@ -200,9 +200,15 @@ def open_for_write(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[IO[byte
 
 
 def listing(fs: fsspec.AbstractFileSystem, folder: str, detail: bool = False) -> list:
-    """A folder's entries, fresh (never from a cache); [] for a folder that is not there."""
+    """A folder's entries, fresh (never from a cache); [] for a folder that is not there.
+    On S3 one LIST either way (s3fs's `ls` lists the parent too when a folder is empty)."""
     fs.invalidate_cache(folder)
     with reporting("list", fs, folder):
+        if is_object_store(fs) and hasattr(fs, "_lsdir"):  # s3fs
+            from fsspec.asyn import sync
+
+            entries = sync(fs.loop, fs._lsdir, folder.rstrip("/"))
+            return entries if detail else [e["name"] for e in entries]
         try:
             return fs.ls(folder, detail=detail)
         except FileNotFoundError:

@@ -56,7 +56,7 @@ class ProgressMonitor(threading.Thread):
 
     def seen(self) -> int | None:
         """Inputs the workers have seen so far, or None when the storage did not answer."""
-        relist = not self.states or self.polls % LIST_EVERY == 0
+        relist = self.polls % LIST_EVERY == 0  # the first poll, then every few
         self.polls += 1
         try:
             states = self.run_dir.progress(None if relist else list(self.states))

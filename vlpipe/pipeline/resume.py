@@ -91,7 +91,7 @@ def clear(run: RunDir) -> None:
         PLAN,
         "_work",
     ):
-        run.remove(name)
+        run.remove(name, nested=True)
     for name in (MANIFEST, SUCCESS):
         run.remove_file(name)
 
