@@ -39,6 +39,7 @@ BENCHMARKS = {
     "mini_lowres": ("bench.mini_lowres", True),
     "mini_speed": ("bench.mini_speed", True),
     "faces": ("bench.faces", False),
+    "storage_requests": ("bench.storage_requests", False),
 }
 
 

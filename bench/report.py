@@ -36,6 +36,7 @@ RENDERERS = {
     "mini_lowres": "bench.mini_lowres",
     "mini_speed": "bench.mini_speed",
     "models_cpu": "bench.models_cpu",
+    "storage_requests": "bench.storage_requests",
 }
 
 

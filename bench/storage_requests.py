@@ -37,6 +37,7 @@ from bench.common import REPO, Figure, Report, load
 
 KINDS = ("HEAD", "LIST", "GET", "PUT", "POST", "DELETE")
 MARKERS = 100_000
+TITLE = "Object storage: S3 requests per spec and per progress poll"
 
 POLL_SCRIPT = r"""
 import json, sys, time
@@ -72,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     tree = Path(args.tree).resolve()
     name = "storage_requests" + (f"-{args.label}" if args.label else "")
-    report = Report(name, f"S3 requests of vlpipe run, counted at a proxy ({tree.name})")
+    report = Report(name, TITLE)
     with tempfile.TemporaryDirectory() as tmp, s3_server() as endpoint:
         models = tiny_models(Path(tmp))
         n_tars, per_tar, loose = (2, 20, 40) if args.quick else (6, 100, 300)
@@ -98,7 +99,11 @@ def main() -> None:
     report.details["tree"] = str(tree)
     report.details["latency_ms"] = [1, 30]
     add_figures(report, load(BEFORE) if not args.label else None)
-    report.finish()
+    result = report.finish()
+    if not args.label:
+        from bench.report import update
+
+        update("storage_requests", result)
 
 
 BEFORE = "storage_requests-before"
@@ -128,6 +133,37 @@ def add_figures(report: Report, before: dict | None) -> None:
         old = before["details"]["poll"]["requests_per_poll"]
         report.add(Figure(f"requests per progress poll {at}, vs before", count, old,
                           "before issue 27", unit="requests", **lower))  # fmt: skip
+
+
+def markdown(result: dict) -> str:
+    """Requests by kind per spec and per 1,000 images, before (where saved) and now; the poll."""
+    before = load(BEFORE)
+    lines = ["| run | code | wall s | specs | requests | per spec | per 1,000 images: "
+             + ", ".join(KINDS) + " |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for kind in ("tars", "listing"):
+        for label, res in (("before", before), ("after", result)):
+            if not res:
+                continue
+            r = res["details"][kind]
+            per = " / ".join(f"{r['per_1000_images'][k]:,.0f}" for k in KINDS)
+            lines.append(f"| {kind} ({r['images']} images) | {label} | {r['seconds']:.0f} |"
+                         f" {r['specs']} | {r['total']:,} | {r['per_spec']} | {per} |")  # fmt: skip
+    lines += ["", "Requests by area of the output (after):", ""]
+    for kind in ("tars", "listing"):
+        areas = result["details"][kind]["by_area"]
+        lines.append(f"- {kind}: " + "; ".join(
+            f"{a} " + ", ".join(f"{n} {k}" for k, n in sorted(c.items())) for a, c in areas.items()
+        ))  # fmt: skip
+    lines.append("")
+    for label, res in (("before", before), ("after", result)):
+        if res:
+            p = res["details"]["poll"]
+            lines.append(f"Poll at {p['markers']:,} done markers and {p['workers']} workers"
+                         f" ({label}): {p['requests_per_poll']} requests"
+                         f" ({', '.join(f'{n} {k}' for k, n in p['by_kind'].items() if n)}),"
+                         f" {p['poll_seconds']} s wall (measured while other jobs shared the"
+                         " 2 CPU cores).  ")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 class s3_server:  # noqa: N801 - a context manager
@@ -166,8 +202,6 @@ def make_corpora(endpoint: str, n_tars: int, per_tar: int, loose: int) -> None:
 
     import s3fs
 
-    from tests.helpers.images import image_bytes
-
     fs = s3fs.S3FileSystem(skip_instance_cache=True, endpoint_url=endpoint)
     fs.mkdir("photos")
     fs.mkdir("out")
@@ -184,6 +218,19 @@ def make_corpora(endpoint: str, n_tars: int, per_tar: int, loose: int) -> None:
                     tar.addfile(info, io.BytesIO(data))
         fs.pipe(f"photos/shards/{t:05d}.tar", buf.getvalue())
     fs.pipe({f"photos/loose/{i:05d}.jpg": image_bytes((64, 48), "JPEG", i) for i in range(loose)})
+
+
+def image_bytes(size: tuple[int, int], fmt: str, seed: int) -> bytes:
+    """A small noise image (each seed its own bytes)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
 
 
 def count_run(endpoint: str, tree: Path, models: dict, source: str, out: str, shard: int) -> dict:

@@ -111,7 +111,7 @@ def test_a_poll_costs_requests_per_worker_not_per_spec(s3_server):  # noqa: F811
         proxy.reset()
         run.write_progress("w1", {"seen": 800})  # straight to the server, not counted
         assert monitor.seen() == 842 and dict(proxy.counts) == {"GET": 2}, proxy.log
-    assert poll_interval(0) == 2.0 and poll_interval(600) == 30.0 and poll_interval(100) == 5.0
+    assert poll_interval(0) == 2.0 and poll_interval(100) == 10.0 and poll_interval(600) == 30.0
 
 
 def test_the_client_retries_transient_faults(s3_server):  # noqa: F811

@@ -26,7 +26,7 @@ from vlpipe.storage import StorageError, put, put_new
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 30.0
+HEARTBEAT_SECONDS = 60.0  # a read and a write each: 2 requests a minute
 #: a lease whose heartbeat is older than this belongs to a run that is gone
 TIMEOUT_SECONDS = 300.0
 

@@ -20,14 +20,14 @@ from vlpipe.storage import StorageError
 MIN_POLL_SECONDS = 2.0
 MAX_POLL_SECONDS = 30.0
 #: the interval is this share of the time the run has taken so far (within the bounds above)
-POLL_SHARE = 0.05
+POLL_SHARE = 0.1
 #: polls between two listings of _progress/ (which finds workers that started since)
 LIST_EVERY = 5
 
 
 def poll_interval(elapsed: float) -> float:
-    """Seconds until the next poll, `elapsed` seconds into the run: 2 s for the first 40 s,
-    then 5% of the run's length so far, at most 30 s (from 10 minutes on)."""
+    """Seconds until the next poll, `elapsed` seconds into the run: 2 s for the first 20 s,
+    then 10% of the run's length so far, at most 30 s (from 5 minutes on)."""
     return min(MAX_POLL_SECONDS, max(MIN_POLL_SECONDS, POLL_SHARE * elapsed))
 
 
