@@ -160,7 +160,12 @@ def put_new(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
     with reporting("create", fs, path):
         try:
             if is_object_store(fs):
-                fs.pipe_file(path, data, mode="create")
+                try:
+                    fs.pipe_file(path, data, mode="create")
+                except (TypeError, NotImplementedError):  # a client without conditional writes
+                    if fs.exists(path):  # test-then-set: not atomic, the best it offers
+                        return False
+                    fs.pipe_file(path, data)
             else:
                 fs.makedirs(posixpath.dirname(path), exist_ok=True)
                 with fs.open(path, "xb") as f:
