@@ -116,7 +116,9 @@ def add_figures(report: Report, before: dict | None) -> None:
     for kind in ("tars", "listing"):
         now = report.details[kind]["per_spec"]
         name = f"S3 requests per spec, {kind} run"
-        report.add(Figure(name, now, 20.0, "goal: 20", unit="requests", goal=1.0, **lower))
+        goal = 1.0 if kind == "tars" else None  # the goal is for the 600-image run
+        label = "goal: 20" if goal else "20, the tars run's goal"
+        report.add(Figure(name, now, 20.0, label, unit="requests", goal=goal, **lower))
         if before:
             old = before["details"][kind]["per_spec"]
             report.add(
