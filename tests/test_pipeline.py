@@ -273,6 +273,8 @@ def test_run_inference_with_vlpipe_handler_matches_the_pipeline(tiny, corpus, di
         (["run", "{empty}", "--output", "{out}"], "no images"),
         (["run", "{src}", "--output", "{out}", "--batch-size", "0"], "batch-size"),
         (["run", "{src}", "--output", "{out}", "--batchsize", "4"], "unknown option --batchsize"),
+        # a smallest batch has no meaning for ProcessShard's batches: refused, not ignored
+        (["run", "{src}", "--output", "{out}", "--min-batch-size", "4"], "unknown option --min-"),
         (["run", "{src}", "--output", "{out}", "--captioner", "nobody/nothing"], "nobody/nothing"),
         (["run", "{src}", "--output", "/proc/forbidden/out"], "cannot write"),
     ],

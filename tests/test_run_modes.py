@@ -252,3 +252,21 @@ def test_serve_shows_stored_thumbnails_of_a_real_run_after_the_source_is_gone(ti
         for row in rows:
             got = client.get(f"/thumb/{row['image_id']}")
             assert got.status_code == 200 and got.content == row["thumbnail"]
+
+
+def test_overwrite_removes_the_previous_runs_dedup(tiny, tmp_path):  # noqa: F811
+    """A dedup of the replaced rows must not be read as this run's (summary, search --dedup)."""
+    from vlpipe.cli.run import duplicates_line
+    from vlpipe.dedup.output import read_summary
+    from vlpipe.dedup.run import DedupOptions, dedup
+    from vlpipe.rundir import RunDir
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    uris = _photos(src, 3)
+    (src / "copy.jpg").write_bytes(Path(uris[0]).read_bytes())
+    assert run(config(tiny, src, out)).ok
+    dedup(str(out), DedupOptions(method="phash"))
+    assert read_summary(RunDir(str(out)))["duplicates"] == 1
+    assert run(config(tiny, src, out, overwrite=True)).ok
+    assert not (out / "dedup").exists() and read_summary(RunDir(str(out))) is None
+    assert duplicates_line(str(out), 4) is None

@@ -29,7 +29,6 @@ from vlpipe.storage import DEFAULT_RETRIES
     "open_clip:hf-hub:ORG/NAME), or none (captions only: no embeddings, no index).",
 )  # fmt: skip
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--min-batch-size", type=int, default=1, show_default=True)
 @click.option("--max-caption-tokens", type=int, default=30, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option(
@@ -140,7 +139,6 @@ def command(ctx: click.Context, source: str, output: str, **kw) -> None:
         captioner=kw["captioner"],
         embedder=kw["embedder"],
         batch_size=kw["batch_size"],
-        min_batch_size=kw["min_batch_size"],
         max_caption_tokens=kw["max_caption_tokens"],
         device=kw["device"],
         precision=kw["precision"],

@@ -1,5 +1,5 @@
 """What dedup writes: OUT/dedup/clusters.parquet (one row per run row), summary.json and the
-keep list, and how search and serve read them back (read_clusters)."""
+keep list."""
 
 from __future__ import annotations
 
@@ -81,14 +81,6 @@ def write_keep_list(run: RunDir, path: str) -> int:
             out.writelines(f"{i}\n" for i in ids)
             kept += len(ids)
     return kept
-
-
-def read_clusters(run: RunDir, columns: list[str] | None = None) -> pa.Table | None:
-    """clusters.parquet (the named columns), or None when dedup has not run."""
-    path = run.join(CLUSTERS)
-    if not run.fs.exists(path):
-        return None
-    return pq.read_table(run.fs.open(path, "rb"), columns=columns)
 
 
 def histogram(nearest_sim: np.ndarray, bins: int = 50) -> dict:

@@ -24,7 +24,6 @@ class RunConfig:
     captioner: str = "mini"
     embedder: str = "mini"
     batch_size: int = 32
-    min_batch_size: int = 1
     max_caption_tokens: int = 30
     device: str = "auto"
     precision: str = "auto"
@@ -60,7 +59,6 @@ class RunConfig:
     def validate(self) -> None:
         checks = [
             (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (1 <= self.min_batch_size <= self.batch_size, "--min-batch-size must be 1..batch size"),
             (self.max_caption_tokens >= 1, "--max-caption-tokens must be at least 1"),
             (self.prompting.candidates >= 1, "--candidates must be at least 1"),
             (

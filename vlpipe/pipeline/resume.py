@@ -20,6 +20,7 @@ from vlpipe.outputs.formats import beside_parts
 from vlpipe.outputs.parquet import is_part_name, part_name
 from vlpipe.reading.specs import ShardSpec
 from vlpipe.rundir import (
+    DEDUP,
     DONE,
     FAILED,
     INDEX,
@@ -89,7 +90,7 @@ def clear(run: RunDir) -> None:
         DONE,
         PROGRESS,
         PLAN,
-        "_work",
+        DEDUP,  # of the rows replaced: the next summary and search --dedup must not read it
     ):
         run.remove(name, nested=True)
     for name in (MANIFEST, SUCCESS):

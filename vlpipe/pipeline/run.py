@@ -205,19 +205,7 @@ def _device_type(config: RunConfig) -> str:
 
 
 def make_handler(config: RunConfig) -> VlpipeModelHandler:
-    return VlpipeModelHandler(
-        captioner=config.captioner,
-        embedder=config.embedder,
-        device=config.device,
-        precision=config.precision,
-        backend=config.backend,
-        max_caption_tokens=config.max_caption_tokens,
-        min_batch_size=config.min_batch_size,
-        max_batch_size=config.batch_size,
-        prompting=config.prompting,
-        scores=config.scores,
-        detect_faces=config.detect_faces,
-    )
+    return VlpipeModelHandler.for_run(config)
 
 
 def run_shards(config: RunConfig, todo: list[ShardWork], dim: int) -> None:

@@ -157,6 +157,24 @@ class VlpipeModelHandler(ModelHandler[PreparedImage, ImageResult, Models]):
         self.max_batch_size = max_batch_size
         self.scores = tuple(scores)  # the --score NAME=SPEC texts
 
+    @classmethod
+    def for_run(cls, config) -> VlpipeModelHandler:
+        """The handler of a `vlpipe run` (a vlpipe.pipeline.options.RunConfig). ProcessShard
+        fills batches to `batch_size`, a part's last batch holding what is left; RunInference
+        users who want a smallest batch pass `min_batch_size` themselves."""
+        return cls(
+            captioner=config.captioner,
+            embedder=config.embedder,
+            device=config.device,
+            precision=config.precision,
+            backend=config.backend,
+            max_caption_tokens=config.max_caption_tokens,
+            max_batch_size=config.batch_size,
+            prompting=config.prompting,
+            scores=config.scores,
+            detect_faces=config.detect_faces,
+        )
+
     def on_device(self, device: str) -> VlpipeModelHandler:
         """The same handler on another device (a worker's own GPU)."""
         if device == self.device:
