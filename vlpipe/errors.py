@@ -4,6 +4,10 @@
 class VlpipeError(Exception):
     """A problem the user can fix (bad path, bad flag, unknown model); never a bug."""
 
+    def _render_traceback_(self) -> list[str]:
+        """IPython/Jupyter show this instead of a traceback: the same one line as the CLI."""
+        return [f"VlpipeError: {self}"]
+
 
 class ModelLoadError(VlpipeError):
     """A model name or directory that cannot be loaded."""

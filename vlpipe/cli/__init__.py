@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from vlpipe import __version__
 from vlpipe.errors import VlpipeError
+from vlpipe.version import __version__
 
 
 class VlpipeGroup(click.Group):

@@ -28,7 +28,6 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from vlpipe import __version__
 from vlpipe.errors import VlpipeError
 from vlpipe.index.adder import Adder, valid_vectors
 from vlpipe.index.select import KINDS, IndexPlan, parse_memory, plan_index
@@ -42,6 +41,7 @@ from vlpipe.index.store import (
     captions_only_error,
 )
 from vlpipe.rundir import PARTS, RunDir
+from vlpipe.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import Callable
 
-from vlpipe import __version__
 from vlpipe.errors import VlpipeError
 from vlpipe.models.backends import resolve_backend
 from vlpipe.models.describe import describe_models
@@ -37,6 +36,7 @@ from vlpipe.reading.specs import KIND_MANIFEST, KIND_PAGE, ShardSpec
 from vlpipe.rundir import PLAN, PROGRESS, SUCCESS, RunDir, write_atomic
 from vlpipe.schema import RESERVED_COLUMNS, SCHEMA_VERSION
 from vlpipe.storage import StorageError, configure_retries
+from vlpipe.version import __version__
 from vlpipe.worker.handlers import VlpipeModelHandler
 from vlpipe.worker.shard import ProcessShard, ShardOptions, ShardWork
 
