@@ -138,9 +138,9 @@ def _read(uri: str) -> bytes | str:
 FORMATS = {"parquet": ParquetManifest, "webdataset": WebDatasetShards}
 
 
-def user_columns(schema: pa.Schema, scores: list[str]) -> list[str]:
-    """The run's columns that came from the source (not vlpipe's, not --score columns)."""
-    return [n for n in schema.names if n not in RESERVED_COLUMNS and n not in scores]
+def user_columns(schema: pa.Schema, model_columns: list[str]) -> list[str]:
+    """The run's columns that came from the source (not vlpipe's, not the models' extra ones)."""
+    return [n for n in schema.names if n not in RESERVED_COLUMNS and n not in model_columns]
 
 
 def open_folder(to: str):

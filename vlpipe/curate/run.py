@@ -59,7 +59,9 @@ def curate(
         _fresh_dedup(run, run_dir, echo)
     parts = select.part_order(run, dedup)
     scores = [s for s in (manifest.get("models") or {}).get("scorers") or {} if s in schema.names]
-    users = formats.user_columns(schema, scores)
+    asks = [name for name, _ in (manifest.get("config") or {}).get("asks") or ()]
+    # the models' own columns (--score, --ask, --candidates) stay out of the manifest too
+    users = formats.user_columns(schema, [*scores, *asks, "caption_score"])
     shown = [c for c in SIGNALS if c in schema.names] + scores
     data = report.ReportData(rules, shown, score_ranges(run, parts, scores))
     columns = formats.FORMATS[fmt].columns(users)
