@@ -21,7 +21,7 @@ RENDERERS = {
     "decode": "bench.decode",
     "e2e": "bench.e2e",
     "scaling": "bench.scaling",
-    "index": "bench.bench_index",  # the index helper's benchmark
+    "index": "bench.bench_index_markdown",  # the index helper's benchmark
     "profile": "bench.profile",
     "kv_cache": "bench.kv_cache",
     "tower": "bench.tower",
@@ -29,7 +29,7 @@ RENDERERS = {
     "orchestration": "bench.orchestration",
     "modes": "bench.modes",
     "hybrid": "bench.hybrid",
-    "search": "bench.search",
+    "search": "bench.search_markdown",
     "dedup_quality": "bench.dedup_quality",
     "dedup_scale": "bench.dedup_scale",
     "quality_agreement": "bench.quality_agreement",
