@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 from tests.helpers.images import image_bytes, make_corpus
+from tests.helpers.reliability import config as reliability_config
 from vlpipe.api import run_and_index as run
 from vlpipe.cli import main
 from vlpipe.errors import VlpipeError
-from vlpipe.pipeline.options import RunConfig
 from vlpipe.pipeline.run import make_handler
 from vlpipe.rundir import RunDir
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> dict[str, str]:
-    from bench.hf_tiny import build_tiny_blip, build_tiny_clip
-
-    root = tmp_path_factory.mktemp("models")
-    return {"blip": build_tiny_blip(root / "blip"), "clip": build_tiny_clip(root / "clip")}
 
 
 @pytest.fixture(scope="session")
@@ -39,18 +32,8 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-def config(tiny, source, output, **kw) -> RunConfig:
-    base = dict(
-        captioner=tiny["blip"],
-        embedder=tiny["clip"],
-        batch_size=8,
-        max_caption_tokens=8,
-        progress=False,
-        build_index=False,
-        shard_size=16,
-    )
-    base.update(kw)
-    return RunConfig(source=str(source), output=str(output), **base)
+#: this module's runs: longer captions and bigger parts than the reliability tests
+config = partial(reliability_config, max_caption_tokens=8, shard_size=16, decode_threads=4)
 
 
 def read_rows(output) -> list[dict]:
