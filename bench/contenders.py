@@ -91,6 +91,7 @@ def run_vlpipe(uris: list[str], manifest: str, model_name: str, out: Path, args)
         shard_size=getattr(args, "shard_size", None) or RunConfig.shard_size,
         workers=getattr(args, "run_workers", 1),
         max_caption_tokens=args.max_tokens,
+        backend=getattr(args, "backend", "auto"),  # the loops below run torch
         overwrite=True,
         build_index=False,
         progress=False,
