@@ -37,6 +37,9 @@ RENDERERS = {
     "mini_speed": "bench.mini_speed",
     "models_cpu": "bench.models_cpu",
     "storage_requests": "bench.storage_requests",
+    "cpu_default": "bench.cpu_default",
+    "precision_quality": "bench.precision_quality",
+    "faces": "",  # figures only (bench/faces.py has no tables of its own)
 }
 
 
