@@ -133,41 +133,11 @@ def build_tiny_llava(path: str | Path) -> str:
 def build_tiny_qwen2_vl(path: str | Path) -> str:
     """Qwen2-VL: dynamic resolution (14 px patches merged 2x2), images bounded to 56x56 pixels
     by the processor's max_pixels, so a bigger image still costs 4 image tokens."""
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
-    specials = ["<pad>", "<unk>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|image_pad|>", "<|video_pad|>"]  # fmt: skip
-    tokenizer, vocab = _tokenizer(specials, pad_token="<pad>", eos_token="<|im_end|>")
-    rope = {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0}
-    text = dict(
-        _TEXT, num_key_value_heads=2, vocab_size=len(vocab), rope_parameters=rope,
-        eos_token_id=vocab["<|im_end|>"], pad_token_id=0, bos_token_id=None,
-    )  # fmt: skip
-    vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2,
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                  initializer_range=_INIT)  # fmt: skip
-    config = Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=vocab["<|image_pad|>"],
-        video_token_id=vocab["<|video_pad|>"],
-        vision_start_token_id=vocab["<|vision_start|>"],
-        vision_end_token_id=vocab["<|vision_end|>"],
-    )
-    model = _seeded(lambda: Qwen2VLForConditionalGeneration(config))
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
-        video_processor=Qwen2VLVideoProcessor(),
-        tokenizer=tokenizer,
-        chat_template=_template("<|vision_start|><|image_pad|><|vision_end|>"),
-    )
-    return _save(path, model, processor)
+    vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2)
+    return _build_qwen(path, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor,
+                       vision)  # fmt: skip
 
 
 def build_tiny_qwen2_5_vl(path: str | Path) -> str:
@@ -176,9 +146,17 @@ def build_tiny_qwen2_5_vl(path: str | Path) -> str:
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
     )
+
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+                  window_size=56, fullatt_block_indexes=[1])  # fmt: skip
+    return _build_qwen(path, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                       Qwen2_5_VLProcessor, vision)  # fmt: skip
+
+
+def _build_qwen(path, config_cls, model_cls, processor_cls, vision: dict) -> str:
+    """What Qwen2-VL and Qwen2.5-VL share: tokens, M-RoPE text model, processor and template."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     specials = ["<pad>", "<unk>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>"]  # fmt: skip
@@ -188,12 +166,9 @@ def build_tiny_qwen2_5_vl(path: str | Path) -> str:
         _TEXT, num_key_value_heads=2, vocab_size=len(vocab), rope_parameters=rope,
         eos_token_id=vocab["<|im_end|>"], pad_token_id=0, bos_token_id=None,
     )  # fmt: skip
-    vision = dict(
-        depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
-        patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-        fullatt_block_indexes=[1], initializer_range=_INIT,
-    )  # fmt: skip
-    config = Qwen2_5_VLConfig(
+    vision = dict(vision, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                  initializer_range=_INIT)  # fmt: skip
+    config = config_cls(
         text_config=text,
         vision_config=vision,
         image_token_id=vocab["<|image_pad|>"],
@@ -201,8 +176,8 @@ def build_tiny_qwen2_5_vl(path: str | Path) -> str:
         vision_start_token_id=vocab["<|vision_start|>"],
         vision_end_token_id=vocab["<|vision_end|>"],
     )
-    model = _seeded(lambda: Qwen2_5_VLForConditionalGeneration(config))
-    processor = Qwen2_5_VLProcessor(
+    model = _seeded(lambda: model_cls(config))
+    processor = processor_cls(
         image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
         video_processor=Qwen2VLVideoProcessor(),
         tokenizer=tokenizer,
