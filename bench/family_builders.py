@@ -127,9 +127,7 @@ def build_smolvlm(path: Path, tiny: bool, dtype: torch.dtype) -> str:
         Idefics3Processor,
     )
 
-    rows = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
-    specials = ["<pad>", "<unk>", "<end_of_utterance>", "<s>", "<image>",
-                "<fake_token_around_image>", "<global-img>", *rows]  # fmt: skip
+    specials = hf_tiny_prompted.IDEFICS3_SPECIALS
     tokenizer, vocab = _tokenizer(
         specials, 49280, hf_tiny_prompted._template("<image>"),
         pad_token="<pad>", bos_token="<s>", eos_token="<end_of_utterance>",

@@ -186,6 +186,12 @@ def _build_qwen(path, config_cls, model_cls, processor_cls, vision: dict) -> str
     return _save(path, model, processor)
 
 
+#: Idefics3 / SmolVLM's special tokens: image markers and the tile-position tokens of a 6x6 grid
+IDEFICS3_SPECIALS = ["<pad>", "<unk>", "<end_of_utterance>", "<s>", "<image>",
+                     "<fake_token_around_image>", "<global-img>",
+                     *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))]  # fmt: skip
+
+
 def build_tiny_idefics3(path: str | Path) -> str:
     """Idefics3 / SmolVLM: images split into 32 px tiles (up to 2x2) plus a global view."""
     from transformers import (
@@ -195,9 +201,7 @@ def build_tiny_idefics3(path: str | Path) -> str:
         Idefics3Processor,
     )
 
-    rows = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
-    specials = ["<pad>", "<unk>", "<end_of_utterance>", "<s>", "<image>",
-                "<fake_token_around_image>", "<global-img>", *rows]  # fmt: skip
+    specials = IDEFICS3_SPECIALS
     named = dict(pad_token="<pad>", bos_token="<s>", eos_token="<end_of_utterance>")
     tokenizer, vocab = _tokenizer(specials, **named)
     text = dict(_TEXT, vocab_size=len(vocab), pad_token_id=0,
