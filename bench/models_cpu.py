@@ -38,6 +38,7 @@ def measure(args) -> dict:
             row = run_family(FAMILIES[name], args, Path(tmp) / name.replace("+", "_"))
             print(f"   {row}", flush=True)
             rows.append(row)
+    rows = rows[:1] + _earlier_rows(args, names) + rows[1:]
     pair = rows[0]
     for row in rows[1:]:
         if "images_s" in row and "images_s" in pair:
@@ -50,8 +51,16 @@ def measure(args) -> dict:
         "max_tokens": args.max_tokens,
         "batches": args.batches,
         "rows": rows,
+        "note": "with --only, families not rerun keep earlier rows; ratios use this run's pair",
     }
     return report.finish()
+
+
+def _earlier_rows(args, names: list[str]) -> list[dict]:
+    """Rows of families measured earlier and not rerun now: `--only` adds to the table."""
+    previous = load(NAME) if args.only and not args.smoke else None
+    rows = (previous or {}).get("details", {}).get("rows", [])
+    return [r for r in rows if r.get("family") not in names and "images_s" in r]
 
 
 def not_measured() -> dict:
