@@ -9,8 +9,9 @@ import pytest
 
 from tests.helpers.paths import FLICKR
 
-#: fixtures shared by many modules (`tiny` models, the `s3_server`): no module imports them
-pytest_plugins = ["tests.helpers.reliability", "tests.helpers.s3_server"]
+#: fixtures shared by many modules (`tiny` models, the `s3_server`, the tiny prompted models):
+#: no module imports them
+pytest_plugins = ["tests.helpers.reliability", "tests.helpers.s3_server", "tests.helpers.prompted"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

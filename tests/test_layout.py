@@ -22,8 +22,7 @@ LAYERS = [
     {"cli", "__main__", "vlpipe"},  # the package's __init__ exposes the API
 ]
 MAX_LINES = 400
-#: modules still over MAX_LINES, each to be split by its owner
-OVER_LIMIT = {"tests/test_prompted.py"}
+TESTS = REPO / "tests"
 
 
 def module_name(path: Path) -> str:
@@ -37,24 +36,12 @@ def import_graph() -> dict[str, set[str]]:
     graph = {}
     for path in files:
         me = module_name(path)
-        package = me if path.name == "__init__.py" else me.rpartition(".")[0]
         found = set()
-        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(up + ([base] if base else []))
-                names = [base] + [f"{base}.{a.name}" for a in node.names]
-            else:
-                continue
-            for name in names:
-                while name and name not in modules:
-                    name = name.rpartition(".")[0]
-                if name and name != me:
-                    found.add(name)
+        for name in imported_names(path):
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != me:
+                found.add(name)
         graph[me] = found
     return graph
 
@@ -109,7 +96,37 @@ def test_no_module_over_400_lines():
         for p in (REPO / folder).rglob("*.py")
         if not _generated(p) and len(p.read_text("utf-8").splitlines()) > MAX_LINES
     }
-    assert over <= OVER_LIMIT, sorted(over - OVER_LIMIT)
+    assert sorted(over) == []
+
+
+def test_no_test_module_imports_another():
+    """Test modules share code through tests.helpers (and bench/ data) only: a test module
+    imported by another runs its tests twice and ties the two together."""
+    wrong = [
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in TESTS.rglob("*.py")
+        if not _generated(path)
+        for name in imported_names(path)
+        if name.startswith("tests.") and not name.startswith("tests.helpers")
+    ]
+    assert wrong == []
+
+
+def imported_names(path: Path) -> list[str]:
+    """Every module name an import statement in `path` names, relative imports resolved."""
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    names = []
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            names += [base] + [f"{base}.{a.name}" for a in node.names]
+    return names
 
 
 def _generated(path: Path) -> bool:
