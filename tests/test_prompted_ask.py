@@ -8,7 +8,8 @@ import json
 import pytest
 from PIL import Image
 
-from tests.helpers.prompted import FAMILIES, cli, read_rows
+from bench.hf_tiny_prompted import FAMILIES
+from tests.helpers.prompted import cli, read_rows
 from vlpipe.models.registry import load_captioner
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers.prompted import FAMILIES, small_images
+from bench.hf_tiny_prompted import FAMILIES
+from tests.helpers.prompted import small_images
 from vlpipe.errors import VlpipeError
 from vlpipe.models.prompted import PromptedCaptioner
 from vlpipe.models.prompting import Prompting

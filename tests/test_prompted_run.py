@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.hf_tiny_prompted import FAMILIES
 from tests.helpers.images import image_bytes
-from tests.helpers.prompted import FAMILIES, cli, read_rows
+from tests.helpers.prompted import cli, read_rows
 from vlpipe.api import run_and_index as run
 from vlpipe.models.prompted import PromptedCaptioner
 from vlpipe.models.prompting import Prompting

@@ -10,20 +10,20 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from bench import hf_tiny_prompted
-from bench.hf_tiny import build_tiny_blip, build_tiny_clip
 from tests.helpers.images import image_bytes
 from vlpipe.cli import main
 from vlpipe.rundir import RunDir
 
-FAMILIES = hf_tiny_prompted.FAMILIES
-
 
 @pytest.fixture(scope="session")
 def prompted_dirs(tmp_path_factory) -> dict[str, str]:
-    """Family name (and "clip", "blip") -> the folder of its tiny random model."""
+    """Family name (bench.hf_tiny_prompted.FAMILIES, and "clip", "blip") -> the folder of its
+    tiny random model. (Imported here, not at the top: every test session loads this plugin.)"""
+    from bench import hf_tiny_prompted
+    from bench.hf_tiny import build_tiny_blip, build_tiny_clip
+
     root = tmp_path_factory.mktemp("prompted")
-    out = {f: hf_tiny_prompted.build(f, root / f) for f in FAMILIES}
+    out = {f: hf_tiny_prompted.build(f, root / f) for f in hf_tiny_prompted.FAMILIES}
     out["clip"] = build_tiny_clip(root / "clip")
     out["blip"] = build_tiny_blip(root / "blip")
     return out
