@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import bench.dedup_scale as scale
-from bench.synthetic import part_table
+from tests.helpers.runs import write_part
 from vlpipe.dedup import neighbours
 from vlpipe.dedup.graph import EMBEDDING
 from vlpipe.dedup.run import dedup
 from vlpipe.dedup.state import load
-from vlpipe.rundir import PARTS, RunDir, write_table_atomic
+from vlpipe.rundir import PARTS, RunDir
 
 ROWS = 6_000
 BIG = 30  # near copies of one vector (> neighbours.K), linked by the embedding alone
@@ -38,11 +38,9 @@ def add_big_cluster(out, name: str) -> range:
     base = rng.standard_normal(scale.DIM).astype(np.float32)
     x = base + 0.05 * rng.standard_normal((BIG, scale.DIM)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    table = part_table(x, [f"big/{i}.jpg" for i in range(BIG)])
     phash = rng.integers(0, 2**63, BIG, dtype=np.int64).astype(np.uint64)
-    table = table.set_column(table.schema.get_field_index("phash"), "phash", pa.array(phash))
-    run = RunDir(str(out))
-    write_table_atomic(run.fs, run.join(PARTS, name), table)
+    uris = [f"big/{i}.jpg" for i in range(BIG)]
+    write_part(RunDir(str(out)), name, x, uris, columns={"phash": pa.array(phash)})
     first = sum(pq.read_metadata(p).num_rows for p in sorted((out / PARTS).glob("*.parquet")))
     return range(first - BIG, first)
 

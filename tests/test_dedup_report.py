@@ -149,10 +149,10 @@ def test_stored_thumbnails_are_used_when_every_source_is_gone(tmp_path):
 
 
 def test_a_run_without_duplicates_says_so(tmp_path):
-    from bench.synthetic import write_synthetic_run
+    from tests.helpers.runs import make_run
     from vlpipe.dedup.run import DedupOptions, dedup
 
-    run = write_synthetic_run(str(tmp_path / "run"), 40, 16, part_rows=20)
+    run = make_run(tmp_path / "run", 40, dim=16, part_rows=20)
     summary = dedup(run.path, DedupOptions(method="embedding", threshold=0.9999))
     assert summary["clusters"] == 0
     html = Path(write_report(run.path)).read_text("utf-8")

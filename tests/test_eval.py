@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers.runs import write_run_dir
+from tests.helpers.runs import embedder_record, make_run
 from vlpipe.cli import main
 from vlpipe.eval.evaluate import KEYS, evaluate_run
 from vlpipe.eval.metrics import caption_scores, retrieval_recalls
@@ -56,11 +56,10 @@ def labelled_run(clip, tmp_path_factory):
     uris = [f"/data/set/sub{i % 3}/{n}" for i, n in enumerate(names)]
     uris[5] = f"/data/shards/00001.tar#{names[5]}"
     uris[6] = f"s3://bucket/odd#dir/{names[6]}"
-    rows = [
-        {"uri": uri, "caption": refs.get(n, ["a cat"])[0], "embedding": e}
-        for uri, n, e in zip(uris, names, first, strict=True)
-    ]
-    out = write_run_dir(root / "out", name, embedder, rows[::-1], float16=False)
+    captions = [refs.get(n, ["a cat"])[0] for n in names]
+    out = root / "out"
+    make_run(out, first[::-1], uris=uris[::-1], captions=captions[::-1], part_rows=6,
+             embedder=embedder_record(name, embedder), dtype="float32", success=True)  # fmt: skip
     return out, root / "captions.csv", refs
 
 
@@ -111,7 +110,10 @@ def test_eval_float16_run_matches_float32(labelled_run, clip, tmp_path):
     out, captions_csv, _ = labelled_run
     run = RunDir(str(out))
     rows = [r for b in run.iter_batches(["uri", "caption", "embedding"]) for r in b.to_pylist()]
-    half = write_run_dir(tmp_path / "half", clip[0], clip[1], rows, float16=True)
+    half = tmp_path / "half"
+    make_run(half, np.array([r["embedding"] for r in rows]), uris=[r["uri"] for r in rows],
+             captions=[r["caption"] for r in rows], part_rows=(len(rows) + 1) // 2,
+             embedder=embedder_record(*clip), dtype="float16", success=True)  # fmt: skip
     got = evaluate_run(str(half), str(captions_csv), device="cpu")
     want = evaluate_run(str(out), str(captions_csv), device="cpu")
     assert got["i2t_r1"] == want["i2t_r1"] and got["bleu4"] == want["bleu4"]
@@ -151,11 +153,10 @@ def test_eval_with_flickr_references(clip, flickr, tmp_path):
             refs.setdefault(row["image"], []).append(row["caption"])
     images = flickr_split(flickr, "dev", limit=6)
     vectors = embedder.embed_texts([refs[n][0] for n in images])
-    rows = [
-        {"uri": str(flickr / "images" / n), "caption": refs[n][0], "embedding": v}
-        for n, v in zip(images, vectors, strict=True)
-    ]
-    out = write_run_dir(tmp_path / "out", name, embedder, rows, float16=False)
+    out = tmp_path / "out"
+    make_run(out, vectors, uris=[str(flickr / "images" / n) for n in images],
+             captions=[refs[n][0] for n in images], part_rows=3,
+             embedder=embedder_record(name, embedder), dtype="float32", success=True)  # fmt: skip
     scores = evaluate_run(str(out), str(flickr / "captions.csv"), device="cpu")
     assert scores["n_images"] == 6 and scores["n_unmatched"] == 0
     assert scores["n_queries"] == sum(len(refs[n]) for n in images)

@@ -9,12 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.synthetic import (
-    clustered_vectors,
-    write_manifest,
-    write_part,
-    write_synthetic_run,
-)
+from bench.synthetic import clustered_vectors
+from tests.helpers.runs import make_run, write_manifest, write_part
 from tests.helpers.vectors import stored_vectors
 from vlpipe.errors import VlpipeError
 from vlpipe.index.build import build_index
@@ -47,7 +43,7 @@ def hit_ids(results) -> list[list[str]]:
 
 
 def test_flat_index_equals_numpy_brute_force(tmp_path):
-    run = write_synthetic_run(str(tmp_path / "out"), 3000, DIM, part_rows=1000)
+    run = make_run(str(tmp_path / "out"), 3000, dim=DIM, part_rows=1000)
     meta = build_index(run.path, progress=False)
     assert (meta["kind"], meta["count"], meta["recall_at_10"]) == ("flat", 3000, 1.0)
     assert meta["parts"] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
@@ -64,7 +60,7 @@ def test_flat_index_equals_numpy_brute_force(tmp_path):
 
 
 def test_searcher_opens_run_dir_or_index_dir_and_maps_ids(tmp_path):
-    run = write_synthetic_run(str(tmp_path / "out"), 500, DIM, part_rows=500)
+    run = make_run(str(tmp_path / "out"), 500, dim=DIM, part_rows=500)
     build_index(run.path, progress=False)
     by_run, by_index = Searcher.open(run.path), Searcher.open(str(tmp_path / "out" / "index"))
     assert by_run.size == by_index.size == 500
@@ -88,7 +84,7 @@ def test_searcher_opens_run_dir_or_index_dir_and_maps_ids(tmp_path):
 def test_flat_grows_into_tuned_hnsw_with_high_recall(tmp_path):
     """15k vectors: exact; 10k more: auto switches to HNSW (a rebuild), tuned to recall >= 0.95."""
     out = str(tmp_path / "out")
-    run = write_synthetic_run(out, 15_000, DIM, part_rows=5000)
+    run = make_run(out, 15_000, dim=DIM, part_rows=5000)
     assert build_index(out, progress=False)["kind"] == "flat"
     more = clustered_vectors(10_000, DIM, seed=0, chunk=10_000)  # same clusters, new draws
     write_part(run, "part-00009.parquet", more, [f"more/{i}.jpg" for i in range(10_000)])
@@ -112,7 +108,7 @@ def test_flat_grows_into_tuned_hnsw_with_high_recall(tmp_path):
 @pytest.mark.parametrize("kind", ["ivfsq", "ivfpq"])
 def test_ivf_kinds_train_and_reach_their_recorded_recall(tmp_path, kind):
     out = str(tmp_path / "out")
-    write_synthetic_run(out, 12_000, DIM, part_rows=6000)
+    make_run(out, 12_000, dim=DIM, part_rows=6000)
     # IVF-PQ under a budget that leaves PQ8 (8 bytes for 32 dimensions): a quick PQ to train
     budget = 300_000 if kind == "ivfpq" else None
     meta = build_index(out, kind=kind, memory_budget=budget, progress=False)
@@ -147,7 +143,7 @@ def add_part(run: RunDir, n: int, name: str, seed: int, reuse: list[str] = ()) -
 
 
 def test_incremental_add_equals_full_rebuild_without_rereading_old_parts(tmp_path):
-    inc = write_synthetic_run(str(tmp_path / "inc"), 2000, DIM, part_rows=1000)
+    inc = make_run(str(tmp_path / "inc"), 2000, dim=DIM, part_rows=1000)
     build_index(inc.path, progress=False)
     # the old parts become unreadable: an incremental add must not need them
     fresh = tmp_path / "fresh"
@@ -174,7 +170,7 @@ def test_incremental_add_equals_full_rebuild_without_rereading_old_parts(tmp_pat
 
 def test_incremental_add_to_hnsw_updates_tuning_without_duplicates(tmp_path):
     out = str(tmp_path / "out")
-    run = write_synthetic_run(out, 21_000, DIM, part_rows=7000)
+    run = make_run(out, 21_000, dim=DIM, part_rows=7000)
     first = build_index(out, progress=False)
     assert first["kind"] == "hnsw"
     add_part(run, 2000, "part-00005.parquet", seed=8, reuse=["synthetic/0/00000003.jpg"])
@@ -189,7 +185,7 @@ def test_incremental_add_to_hnsw_updates_tuning_without_duplicates(tmp_path):
 
 def test_rebuilds_when_embedder_changes_or_a_part_disappears(tmp_path):
     out = str(tmp_path / "out")
-    run = write_synthetic_run(out, 1000, DIM, part_rows=500)
+    run = make_run(out, 1000, dim=DIM, part_rows=500)
     build_index(out, progress=False)
     write_manifest(run, DIM, 1000, {"name": "other", "config": {"seed": 2}})
     meta = build_index(out, progress=False)
@@ -202,7 +198,7 @@ def test_rebuilds_when_embedder_changes_or_a_part_disappears(tmp_path):
 
 def test_explicit_kind_sticks_through_auto_updates(tmp_path):
     out = str(tmp_path / "out")
-    run = write_synthetic_run(out, 1000, DIM, part_rows=1000)
+    run = make_run(out, 1000, dim=DIM, part_rows=1000)
     assert build_index(out, kind="hnsw", progress=False)["kind"] == "hnsw"
     add_part(run, 200, "part-00001.parquet", seed=3)
     meta = build_index(out, progress=False)  # the pipeline calls with kind="auto"
@@ -214,7 +210,7 @@ def test_explicit_kind_sticks_through_auto_updates(tmp_path):
 
 def test_corrupt_parts_and_invalid_rows_are_skipped_and_reported(tmp_path):
     out = str(tmp_path / "out")
-    run = write_synthetic_run(out, 1000, DIM, part_rows=500)
+    run = make_run(out, 1000, dim=DIM, part_rows=500)
     (tmp_path / "out" / "parts" / "part-00001.parquet").write_bytes(b"PAR1 garbage")
     # a part with a NaN embedding and a zero vector among good rows (Parquet cannot hold a null
     # fixed-size list: pyarrow refuses to read one back, so such a part counts as corrupt)
@@ -240,7 +236,7 @@ def test_a_part_that_breaks_mid_read_is_reported_once(tmp_path):
     """Footer intact, pages zeroed: counted from its footer, then unreadable in both passes
     (sampling and adding) of an approximate build."""
     out = str(tmp_path / "out")
-    write_synthetic_run(out, 3000, DIM, part_rows=1000)
+    make_run(out, 3000, dim=DIM, part_rows=1000)
     rotten = tmp_path / "out" / "parts" / "part-00001.parquet"
     data = bytearray(rotten.read_bytes())
     data[4 : len(data) // 2] = bytes(len(data) // 2 - 4)
@@ -256,10 +252,10 @@ def test_build_errors_are_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(VlpipeError, match="no manifest.json"):
         build_index(str(tmp_path / "empty"), progress=False)
-    write_manifest(RunDir(str(tmp_path / "empty")), DIM, 0)
+    make_run(tmp_path / "empty", 0, dim=DIM)
     with pytest.raises(VlpipeError, match="no embeddings to index"):
         build_index(str(tmp_path / "empty"), progress=False)
-    run = write_synthetic_run(str(tmp_path / "wrong"), 100, DIM)
+    run = make_run(str(tmp_path / "wrong"), 100, dim=DIM)
     write_manifest(run, 64, 100)
     with pytest.raises(VlpipeError, match="dimension 32.*has 64"):
         build_index(run.path, progress=False)
@@ -270,7 +266,7 @@ def test_build_errors_are_one_line(tmp_path):
 def test_missing_or_corrupt_index_is_refused_then_repaired(tmp_path):
     with pytest.raises(VlpipeError, match="does not exist"):
         Searcher.open(str(tmp_path / "nope"))
-    run = write_synthetic_run(str(tmp_path / "out"), 300, DIM)
+    run = make_run(str(tmp_path / "out"), 300, dim=DIM)
     with pytest.raises(VlpipeError, match="build one with `vlpipe index"):
         Searcher.open(run.path)
     index_dir = tmp_path / "out" / "index"
@@ -302,7 +298,7 @@ def test_missing_or_corrupt_index_is_refused_then_repaired(tmp_path):
 
 
 def test_a_build_leaves_one_generation_and_no_temp_files(tmp_path):
-    run = write_synthetic_run(str(tmp_path / "out"), 300, DIM, part_rows=100)
+    run = make_run(str(tmp_path / "out"), 300, dim=DIM, part_rows=100)
     build_index(run.path, progress=False)
     add_part(run, 10, "part-00007.parquet", seed=1)
     meta = build_index(run.path, progress=False)
@@ -315,7 +311,7 @@ def test_a_build_leaves_one_generation_and_no_temp_files(tmp_path):
 def test_index_on_an_fsspec_filesystem(tmp_path):
     """faiss writes local files only: remote run dirs go through serialised bytes."""
     url = f"memory://vlpipe-test-{tmp_path.name}/out"
-    run = write_synthetic_run(url, 2000, DIM, part_rows=1000)
+    run = make_run(url, 2000, dim=DIM, part_rows=1000)
     meta = build_index(url, kind="hnsw", progress=False)
     assert meta["count"] == 2000 and run.fs.exists(run.join("index", meta["files"]["index"]))
     x, ids = stored_vectors(url)

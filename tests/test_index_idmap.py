@@ -7,17 +7,16 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bench.synthetic import clustered_vectors, write_manifest, write_part, write_synthetic_run
+from bench.synthetic import clustered_vectors
+from tests.helpers.runs import NO_EMBEDDER, make_run, write_manifest, write_part
 from tests.helpers.vectors import stored_vectors
 from vlpipe.errors import VlpipeError
 from vlpipe.index.build import build_index
 from vlpipe.index.store import IDMAP_COLUMNS, IndexDir
-from vlpipe.rundir import RunDir, write_table_atomic
-from vlpipe.schema import image_id
+from vlpipe.rundir import RunDir
 from vlpipe.search.searcher import Searcher
 
 DIM = 32
@@ -30,7 +29,7 @@ def _faiss_threads(one_faiss_thread):
 
 def test_faiss_index_rows_match_id_map(tmp_path):
     """The id map's row i is the FAISS index's row i (reconstructed vector == stored one)."""
-    run = write_synthetic_run(str(tmp_path / "out"), 400, DIM, part_rows=150)
+    run = make_run(tmp_path / "out", 400, dim=DIM, part_rows=150)
     meta = build_index(run.path, progress=False)
     index = faiss.read_index(str(Path(run.path) / "index" / meta["files"]["index"]))
     x, ids = stored_vectors(run.path)
@@ -62,7 +61,7 @@ def assert_locations_match_parts(out: Path) -> None:
 
 def test_id_map_records_part_and_row_of_every_vector(tmp_path):
     out = tmp_path / "out"
-    run = write_synthetic_run(str(out), 300, DIM, part_rows=300)
+    run = make_run(out, 300, dim=DIM, part_rows=300)
     meta = build_index(run.path, progress=False)
     assert meta["locations"] is True  # filters, columns and thumbnails read only the hits
     store = IndexDir.locate(run.path)
@@ -99,24 +98,11 @@ def test_rows_are_located_across_read_batches(tmp_path, monkeypatch):
 def write_captions_only_run(out: Path, say_so: bool = True) -> RunDir:
     """A run as `--embedder none` writes it: a null embedding column and (when `say_so`) a
     manifest naming no embedder."""
-    run = RunDir(str(out))
     uris = [f"photos/{i}.jpg" for i in range(4)]
-    table = pa.table(
-        {
-            "image_id": [image_id(u) for u in uris],
-            "uri": uris,
-            "caption": [f"a caption of {u}" for u in uris],
-            "embedding": pa.nulls(len(uris)),
-        }
-    )
-    write_table_atomic(run.fs, run.join("parts", "part-00000.parquet"), table)
-    write_manifest(run, DIM, len(uris))
-    if say_so:
-        manifest = run.read_manifest()
-        manifest["models"]["embedder"] = {"name": "none", "config": {}}
-        manifest["mode"] = {"captions": True, "embeddings": False}
-        run.write_manifest(manifest)
-    return run
+    captions = [f"a caption of {u}" for u in uris]
+    embedder = NO_EMBEDDER if say_so else None
+    return make_run(out, np.zeros((4, DIM)), uris=uris, captions=captions, dtype=None,
+                    embedder=embedder)  # fmt: skip
 
 
 @pytest.mark.parametrize("say_so", [True, False])

@@ -15,12 +15,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from bench.synthetic import write_manifest, write_part
 from tests.helpers.paths import EXAMPLES, REPO
+from tests.helpers.runs import embedder_record, make_run
 from vlpipe.cli import main
 from vlpipe.errors import VlpipeError
-from vlpipe.index.build import build_index
-from vlpipe.rundir import RunDir
 from vlpipe.search.searcher import Searcher
 
 N_PHOTOS = 16
@@ -52,19 +50,10 @@ def index_photos(embedder_name: str, out, n_photos: int = N_PHOTOS) -> dict:
     photos = [EXAMPLES / n for n in names]
     pixels = torch.stack([embedder.preprocess(Image.open(p).convert("RGB")) for p in photos])
     vectors = embedder.embed_images(pixels)
-    run = RunDir(str(out))
-    half = n_photos // 2
     uris = [str(p) for p in photos]
     caps = [captions[n] for n in names]
-    write_part(run, "part-00000.parquet", vectors[:half], uris[:half], caps[:half])
-    write_part(run, "part-00001.parquet", vectors[half:], uris[half:], caps[half:])
-    record = {
-        "name": embedder_name,
-        "config": embedder.describe(),
-        "fingerprint": embedder.fingerprint(),
-    }
-    write_manifest(run, embedder.dim, n_photos, record)
-    build_index(str(out), progress=False)
+    make_run(out, vectors, uris=uris, captions=caps, part_rows=n_photos // 2,
+             embedder=embedder_record(embedder_name, embedder), index=True)  # fmt: skip
     stored = vectors.astype(np.float16).astype(np.float32)
     stored /= np.linalg.norm(stored, axis=1, keepdims=True)
     return {
@@ -223,9 +212,7 @@ def test_cli_refusals_are_one_line(indexed, models, tmp_path):
 
 
 def test_cli_index_builds_then_reports_up_to_date(tmp_path):
-    from bench.synthetic import write_synthetic_run
-
-    run = write_synthetic_run(str(tmp_path / "out"), 600, 16, part_rows=300)
+    run = make_run(tmp_path / "out", 600, dim=16, part_rows=300)
     result = cli("index", run.path, "--kind", "flat", "-q")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("built flat (Flat) over 600 vectors")

@@ -8,16 +8,15 @@ import subprocess
 import sys
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bench.synthetic import part_table, write_manifest
 from tests.helpers.paths import REPO
+from tests.helpers.runs import write_manifest, write_part
 from vlpipe.errors import VlpipeError
 from vlpipe.index.build import build_index
 from vlpipe.index.store import IndexDir
-from vlpipe.rundir import PARTS, RunDir, write_table_atomic
+from vlpipe.rundir import RunDir
 from vlpipe.search.hits import COMMON_WEIGHT, RARE_SHARE, RARE_WEIGHT, RRF_K, Hit, fuse
 from vlpipe.search.searcher import (
     KEYWORD_DEFAULT,
@@ -33,7 +32,7 @@ def _faiss_threads(one_faiss_thread):
     """One FAISS thread in every test here (see tests/conftest.py)."""
 
 
-def write_part(run: RunDir, name: str, n: int, seed: int, special: dict[int, tuple]) -> dict:
+def planted_part(run: RunDir, name: str, n: int, seed: int, special: dict[int, tuple]) -> dict:
     """n rows of random unit vectors and captions of common words; `special` maps a row to
     (caption, alt text) to plant rare words. Returns uri -> vector."""
     rng = np.random.default_rng(seed)
@@ -45,9 +44,7 @@ def write_part(run: RunDir, name: str, n: int, seed: int, special: dict[int, tup
     for row, (caption, text) in special.items():
         captions[row] = caption or captions[row]
         texts[row] = text
-    table = part_table(vectors, uris, captions)
-    table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts))
-    write_table_atomic(run.fs, run.join(PARTS, name), table)
+    write_part(run, name, vectors, uris, captions, columns={"text": texts})
     return dict(zip(uris, vectors, strict=True))
 
 
@@ -74,10 +71,10 @@ def indexed(tmp_path):
     sits in one alt text of the first part and in one caption of the second."""
     out = tmp_path / "out"
     run = RunDir(str(out))
-    vectors = write_part(run, "part-00000.parquet", 200, 1, {17: (None, "Zorblax desk lamp")})
+    vectors = planted_part(run, "part-00000.parquet", 200, 1, {17: (None, "Zorblax desk lamp")})
     write_manifest(run, DIM, 200)
     first = build_index(str(out), progress=False)
-    vectors |= write_part(run, "part-00001.parquet", 100, 2, {42: ("a quuxite on a table", None)})
+    vectors |= planted_part(run, "part-00001.parquet", 100, 2, {42: ("a quuxite on a table", None)})
     write_manifest(run, DIM, 300)
     second = build_index(str(out), progress=False)
     return {"out": out, "first": first, "second": second, "vectors": vectors}
@@ -184,7 +181,7 @@ def test_an_index_built_before_keyword_search_searches_by_vector(indexed):
 
     # new parts arrive: the old index is rebuilt once, with its keyword index
     run = RunDir(str(out))
-    write_part(run, "part-00002.parquet", 10, 3, {})
+    planted_part(run, "part-00002.parquet", 10, 3, {})
     meta = build_index(str(out), progress=False)
     assert meta["last_action"]["action"] == "built" and "keyword" in meta["last_action"]["reason"]
     assert meta["keyword"]["documents"] == meta["count"] == 310

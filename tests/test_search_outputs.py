@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers.runs import make_run
 from tests.helpers.where_run import write_run
 from vlpipe.errors import VlpipeError
 from vlpipe.index.build import build_index
@@ -157,9 +158,7 @@ def test_a_hostile_filter_is_refused_before_any_model_loads(indexed):
 def test_an_approximate_index_returns_all_k_hits_for_a_large_k(tmp_path, kind):
     """Tuned for top-10, one HNSW or IVF search reaches a few hundred rows; k=3,000 must still
     give 3,000, the same set as an exact search."""
-    from bench.synthetic import write_synthetic_run
-
-    write_synthetic_run(str(tmp_path / "run"), 4000, 16)
+    make_run(tmp_path / "run", 4000, dim=16)
     assert build_index(str(tmp_path / "run"), progress=False, kind=kind)["kind"] == kind
     searcher = Searcher.open(str(tmp_path / "run"))
     query = np.random.default_rng(3).standard_normal((2, 16)).astype(np.float32)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from bench.synthetic import clustered_vectors, part_table, write_manifest, write_part
+from bench.synthetic import clustered_vectors
+from tests.helpers.runs import make_run, write_manifest, write_part
 from tests.helpers.s3_server import s3_server  # noqa: F401 - session fixture
 from vlpipe.index.build import build_index
-from vlpipe.rundir import PARTS, RunDir
+from vlpipe.rundir import RunDir
 from vlpipe.schema import image_id
 from vlpipe.search.searcher import Searcher
 
@@ -54,10 +54,7 @@ def write_tar(fileobj, members: dict[str, bytes], gz: bool = False) -> None:
 
 def index_uris(out: Path, uris: list[str], thumbnails: list | None = None) -> Searcher:
     """A run of `uris` (synthetic vectors) in one part, indexed, opened."""
-    run = RunDir(str(out))
-    write_part(run, "part-00000.parquet", clustered_vectors(len(uris), DIM), uris, None, thumbnails)
-    write_manifest(run, DIM, len(uris))
-    build_index(str(out), progress=False)
+    make_run(out, clustered_vectors(len(uris), DIM), uris=uris, thumbnails=thumbnails, index=True)
     return Searcher.open(str(out))
 
 
@@ -191,8 +188,8 @@ def test_stored_thumbnails_are_served_after_the_source_is_gone(tmp_path):
     vectors = clustered_vectors(len(uris), DIM)
     # two parts, the second in row groups of 6 rows: the row is found through the footer
     write_part(run, "part-00000.parquet", vectors[:10], uris[:10], None, stored[:10])
-    table = part_table(vectors[10:], uris[10:], None, stored[10:])
-    pq.write_table(table, run.join(PARTS, "part-00001.parquet"), row_group_size=6)
+    write_part(run, "part-00001.parquet", vectors[10:], uris[10:], None, stored[10:],
+               row_group_size=6)  # fmt: skip
     write_manifest(run, DIM, len(uris))
     meta = build_index(run.path, progress=False)
     assert meta["locations"] is True

@@ -12,8 +12,9 @@ from datetime import date, datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 
-from bench.synthetic import clustered_vectors, part_table, write_manifest
-from vlpipe.rundir import PARTS, RunDir, write_table_atomic
+from bench.synthetic import clustered_vectors
+from tests.helpers.runs import write_manifest, write_part
+from vlpipe.rundir import RunDir
 from vlpipe.schema import image_id
 
 DIM = 32
@@ -73,18 +74,13 @@ def write_run(out: str) -> dict[str, dict]:
         if p == 1:
             uris[:DUPLICATES] = [f"img/{i:05d}.jpg" for i in range(DUPLICATES)]
         cols = values(n, rng)
-        table = part_table(x[start : start + n], uris, cols["caption"])
-        for name in ("orig_width", "format", "text", "text_score"):
-            kind = table.schema.field(name).type
-            table = table.set_column(
-                table.schema.get_field_index(name), name, pa.array(cols[name], kind)
-            )
+        given = {k: cols[k] for k in ("orig_width", "format", "text", "text_score")}
         user = {k: t for k, t in USER.items() if p < 2 or k not in ("license", "tags")}
-        for name, kind in user.items():
-            table = table.append_column(pa.field(name, kind), pa.array(cols[name], kind))
-        write_table_atomic(run.fs, run.join(PARTS, f"part-{p:05d}.parquet"), table)
+        given |= {name: pa.array(cols[name], kind) for name, kind in user.items()}
+        name = f"part-{p:05d}.parquet"
+        write_part(run, name, x[start : start + n], uris, cols["caption"], columns=given)
         for i, uri in enumerate(uris):
-            row = {k: v[i] for k, v in cols.items() if k in table.column_names}
+            row = {k: v[i] for k, v in cols.items() if k in given or k == "caption"}
             first.setdefault(image_id(uri), {**row, "uri": uri})
         start += n
     write_manifest(run, DIM, sum(PARTS_ROWS))
