@@ -114,9 +114,17 @@ def build(n: int) -> Path:
     return folder
 
 
+def run_image_size() -> int:
+    """The side a default `vlpipe run` decodes at: its models' largest input (vlpipe-mini's)."""
+    from vlpipe.models.registry import load_models
+
+    captioner, embedder = load_models("mini", "mini", device="cpu")
+    return max(m.image_size for m in (captioner, embedder) if m is not None)
+
+
 def vlpipe_flags(folder: Path) -> tuple[dict[str, dict[str, bool]], float, int]:
-    """vlpipe's flags per image from the pixels its decoder gives (vlpipe-mini's size), and the
-    seconds `quality()` took over all of them."""
+    """vlpipe's flags per image from the pixels its decoder gives a default run (the image the
+    worker holds), and the seconds `quality()` took over all of them: the signals' extra cost."""
 
     from vlpipe.images.decode import decode_image
     from vlpipe.images.quality import FLAGS, flagged, quality
@@ -124,8 +132,9 @@ def vlpipe_flags(folder: Path) -> tuple[dict[str, dict[str, bool]], float, int]:
     flags = {name: {} for name in FLAGS}
     seconds = 0.0
     files = sorted(folder.glob("*.jpg"))
+    side = run_image_size()
     for path in files:
-        image = decode_image(path.read_bytes(), 224).image
+        image = decode_image(path.read_bytes(), side).image
         start = time.perf_counter()
         q = quality(image).columns()
         seconds += time.perf_counter() - start

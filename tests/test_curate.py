@@ -25,7 +25,7 @@ from vlpipe.curate.run import curate
 from vlpipe.dedup.run import DedupOptions, dedup
 from vlpipe.errors import VlpipeError
 
-SHARP = "sharpness >= 20"
+SHARP = "sharpness >= 100"
 LIT = "brightness > 0.2"
 
 
@@ -85,7 +85,7 @@ def test_parquet_manifest_is_run_again_by_vlpipe(tiny, made, tmp_path):  # noqa:
     for r in rows:  # the source's text and columns came through the subset
         name = Path(r["uri"]).name
         assert r["text"] == f"a {kind[name]} photo" and r["license"] == f"cc-{kind[name]}"
-    assert min(r["sharpness"] for r in rows) >= 20
+    assert min(r["sharpness"] for r in rows) >= 100
 
 
 def test_webdataset_subset_reads_back_with_webdataset(made, tmp_path):
@@ -101,7 +101,7 @@ def test_webdataset_subset_reads_back_with_webdataset(made, tmp_path):
         row = parts[sample["__key__"]]
         assert sample["jpg"] == Path(row["uri"]).read_bytes()
         meta = json.loads(sample["json"])
-        assert meta["sharpness"] >= 20 and meta["license"] == row["license"]
+        assert meta["sharpness"] >= 100 and meta["license"] == row["license"]
         assert np.allclose(np.load(__import__("io").BytesIO(sample["npy"])), row["embedding"],
                            atol=1e-3)  # fmt: skip
         seen.append(Path(row["uri"]).name)

@@ -1,13 +1,17 @@
 """Quality signals from the pixels already decoded: no second decode, no model.
 
-Every signal is computed on small fixed-size copies of the decoded image (a SIDE x SIDE gray copy
-for the luma signals, a COLOR_SIDE x COLOR_SIDE RGB copy for colour and border; bilinear), so the
-cost does not grow with the photo and the values do not depend on the size the models asked decode
-for. Flags at the documented defaults (FLAGS) are what the run summary counts
-and what `vlpipe curate --where` examples use; the columns themselves are the raw signals:
+Every signal is computed on one small fixed-size copy of the decoded image, made once: an integer
+box reduction (Pillow's `reduce`, exact averages of k x k blocks) to between SIDE and 2 x SIDE
+pixels on the short side, then every other pixel or so picked to SIDE x SIDE (nearest). The
+values do not depend much on the size the models asked decode for, and the cost stays a few
+hundred microseconds whatever the photo: a smoothing resample of the whole image would cost more
+than all the signals together. Then integer arithmetic on that copy: the luma signals from its
+256-bin histogram, colour from its opponent channels, the border from its edge lines. Flags at
+the documented defaults (FLAGS) are what the run summary counts and what `vlpipe curate
+--where` examples use; the columns themselves are the raw signals:
 
 Columns (range: meaning):
-- sharpness (0 upward): variance of the 4-neighbour Laplacian of the gray copy, luma on 0-255;
+- sharpness (0 upward): variance of the 4-neighbour Laplacian of the copy's luma (0-255);
   higher is sharper (in-focus photos: hundreds to thousands, a blurred copy: a few).
 - brightness (0-1): mean luma (Rec. 601).
 - contrast (0-0.5): standard deviation of luma.
@@ -26,14 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-SIDE = (
-    256  # the gray copy (Pillow's "L": Rec. 601 luma) of sharpness, brightness, contrast, entropy
-)
-COLOR_SIDE = 128  # the RGB copy of colorfulness, grayscale and border
-GRAY_SPREAD = 3 / 255  # channels further apart than this make a pixel coloured
+SIDE = 128  # the copy every signal is computed on: SIDE x SIDE RGB, and its luma (Pillow's "L")
+GRAY_SPREAD = 3  # channels (0-255) further apart than this make a pixel coloured
 GRAY_SHARE = 0.01  # an image with fewer coloured pixels than this is grayscale
-BORDER_TOL = 10 / 255  # a border pixel is within this of its line's mean colour (each channel)
+BORDER_TOL = 10  # a border pixel is within this (0-255) of its line's mean colour, each channel
 BORDER_SHARE = 0.98  # ... and a border line has at least this share of such pixels
+_LEVELS = np.arange(256, dtype=np.float64)
 
 #: Flags at the documented defaults: every (column, op, threshold) of a flag must hold. The run
 #: summary counts them; `flag_rule` writes one as a `vlpipe curate --where` condition. Blurry asks
@@ -41,7 +43,7 @@ BORDER_SHARE = 0.98  # ... and a border line has at least this share of such pix
 #: being out of focus (it has its own flag). Low information at 1.5 bits of luma is about
 #: cleanvision's 3 bits over the joint RGB histogram (which adds log2(3) for the channel).
 FLAGS: dict[str, tuple[tuple[str, str, float], ...]] = {
-    "blurry": (("sharpness", "<", 10.0), ("contrast", ">=", 0.05)),
+    "blurry": (("sharpness", "<", 50.0), ("contrast", ">=", 0.05)),
     "dark": (("brightness", "<", 0.2),),
     "bright": (("brightness", ">", 0.9),),
     "low-information": (("entropy", "<", 1.5),),
@@ -72,71 +74,104 @@ COLUMNS = ("sharpness", "brightness", "contrast", "colorfulness", "entropy", "gr
 
 
 def quality(image: Image.Image) -> Quality:
-    """All signals of one RGB image, from its two small copies."""
-    image = image.convert("RGB")
-    gray = image.convert("L").resize((SIDE, SIDE), Image.Resampling.BILINEAR)
-    luma8 = np.asarray(gray)
-    y = luma8.astype(np.float32)
-    rgb = np.asarray(image.resize((COLOR_SIDE, COLOR_SIDE), Image.Resampling.BILINEAR))
-    x = rgb.astype(np.float32) * (1 / 255)
-    inner, border = border_box(x)
+    """All signals of one image, from its small copy."""
+    small = small_copy(image)
+    rgb = np.asarray(small)
+    luma8 = np.asarray(small.convert("L"))
+    counts = np.bincount(luma8.ravel(), minlength=256)
+    brightness, contrast = luma_moments(counts)
+    inner, border = border_box(rgb)
     return Quality(
-        sharpness=sharpness(y),
-        brightness=float(y.mean()) / 255,
-        contrast=float(y.std()) / 255,
-        colorfulness=colorfulness(x),
-        entropy=entropy(luma8),
-        grayscale=is_grayscale(x),
+        sharpness=sharpness(luma8),
+        brightness=brightness,
+        contrast=contrast,
+        colorfulness=colorfulness(rgb),
+        entropy=entropy(counts),
+        grayscale=is_grayscale(rgb),
         border=border,
         inner=inner,
     )
 
 
-def sharpness(y: np.ndarray) -> float:
-    """Variance of the Laplacian (0 -1 0 / -1 4 -1 / 0 -1 0) over the interior of float luma
-    on 0-255."""
-    lap = 4 * y[1:-1, 1:-1]
-    for shifted in (y[:-2, 1:-1], y[2:, 1:-1], y[1:-1, :-2], y[1:-1, 2:]):
-        lap -= shifted
-    return float(lap.var())
+def small_copy(image: Image.Image) -> Image.Image:
+    """SIDE x SIDE RGB: box-reduced by the whole factor that keeps the short side >= SIDE, then
+    nearest-sampled (a smoothing resample of the full image would cost more than the signals);
+    an image smaller than that is enlarged bilinearly."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    factor = min(image.size) // SIDE
+    if factor >= 2:
+        image = image.reduce(factor)
+    if min(image.size) < SIDE:  # a small image, enlarged: smoothly, not by repeating lines
+        return image.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
+    return image.resize((SIDE, SIDE), Image.Resampling.NEAREST)
 
 
-def colorfulness(x: np.ndarray) -> float:
-    """Hasler & Suesstrunk: spread and mean of the opponent channels rg and yb."""
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    rg = r - g
-    yb = 0.5 * (r + g) - b
-    spread = np.sqrt(rg.var() + yb.var())
-    mean = np.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
-    return float(spread + 0.3 * mean)
+def sharpness(luma8: np.ndarray) -> float:
+    """Variance of the Laplacian (0 -1 0 / -1 4 -1 / 0 -1 0) over the interior of 8-bit luma
+    (int16 holds it exactly: -1020 to 1020)."""
+    y = luma8.astype(np.int16)
+    lap = 4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
+    return _mean_var(lap)[1]
 
 
-def entropy(luma8: np.ndarray) -> float:
+def _mean_var(values: np.ndarray) -> tuple[float, float]:
+    """Mean and variance of integer values, through one float32 copy (arrays of a SIDE x SIDE
+    copy stay small: numpy's temporaries of 128 KiB or more cost a fresh mapping each)."""
+    f = values.astype(np.float32).ravel()
+    if not f.size:
+        return 0.0, 0.0
+    mean = float(f.sum(dtype=np.float64)) / f.size
+    return mean, max(float(f @ f) / f.size - mean * mean, 0.0)
+
+
+def luma_moments(counts: np.ndarray) -> tuple[float, float]:
+    """(mean, standard deviation) of luma on 0-1, from its 256-bin histogram."""
+    n = counts.sum()
+    mean = float(counts @ _LEVELS) / n
+    var = max(float(counts @ (_LEVELS * _LEVELS)) / n - mean * mean, 0.0)
+    return mean / 255, var**0.5 / 255
+
+
+def colorfulness(rgb: np.ndarray) -> float:
+    """Hasler & Suesstrunk on 0-1 channels: spread and mean of the opponent channels rg = r - g
+    and yb = (r + g) / 2 - b (here 2 * yb, in int16 on 0-255, scaled at the end)."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    rg_mean, rg_var = _mean_var(r - g)
+    yb2_mean, yb2_var = _mean_var(r + g - 2 * b)
+    spread = (rg_var + yb2_var / 4) ** 0.5
+    return (spread + 0.3 * (rg_mean**2 + (yb2_mean / 2) ** 2) ** 0.5) / 255
+
+
+def entropy(counts: np.ndarray) -> float:
     """Shannon entropy of the 256-bin histogram of 8-bit luma, in bits (0: one value; 8: every
     value equally often)."""
-    counts = np.bincount(luma8.ravel(), minlength=256)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log2(p)).sum())
 
 
-def is_grayscale(x: np.ndarray) -> bool:
+def is_grayscale(rgb: np.ndarray) -> bool:
     """Almost every pixel has its three channels within GRAY_SPREAD (JPEG leaves a little
     chroma noise in gray photos saved as RGB; a sepia or tinted photo is not gray)."""
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    spread = np.maximum(np.maximum(np.abs(r - g), np.abs(g - b)), np.abs(r - b))
-    return bool((spread > GRAY_SPREAD).mean() < GRAY_SHARE)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    return bool(np.count_nonzero(spread > GRAY_SPREAD) < GRAY_SHARE * spread.size)
 
 
-def border_box(x: np.ndarray) -> tuple[tuple[float, float, float, float], float]:
+def border_box(rgb: np.ndarray) -> tuple[tuple[float, float, float, float], float]:
     """(inner box as fractions, border share): rows from the top and bottom, then columns from
     the left and right inside them, that are uniform lines of one colour. A flat image is all
-    border (share 1.0) and keeps the whole frame as its box."""
-    h, w = x.shape[:2]
-    top = _uniform_lines(x)
-    bottom = _uniform_lines(x[::-1])
+    border (share 1.0) and keeps the whole frame as its box. Most photos have no uniform edge
+    line, which one look at the four edges settles."""
+    edges = np.stack([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    if not _near(edges, edges.mean(axis=1, keepdims=True)).any():
+        return (0.0, 0.0, 1.0, 1.0), 0.0
+    h, w = rgb.shape[:2]
+    top = _uniform_lines(rgb)
+    bottom = _uniform_lines(rgb[::-1])
     if top + bottom >= h:
         return (0.0, 0.0, 1.0, 1.0), 1.0
-    middle = x[top : h - bottom].transpose(1, 0, 2)
+    middle = rgb[top : h - bottom].transpose(1, 0, 2)
     left = _uniform_lines(middle)
     right = _uniform_lines(middle[::-1])
     if left + right >= w:
@@ -146,18 +181,23 @@ def border_box(x: np.ndarray) -> tuple[tuple[float, float, float, float], float]
     return inner, float(share)
 
 
-def _uniform_lines(x: np.ndarray) -> int:
-    """How many lines (rows of x) from the first on match the first line's mean colour. Most
-    photos have none, so the first line is checked alone before the rest."""
-    ref = x[0].mean(axis=0)
-    if not _near(x[:1], ref)[0]:
-        return 0
-    near = _near(x, ref)
-    return len(near) if near.all() else int(np.argmin(near))
+def _uniform_lines(x: np.ndarray, chunk: int = 32) -> int:
+    """How many lines (rows of x) from the first on match the first line's mean colour, looked
+    at `chunk` lines at a time (a border is seldom more than a chunk deep)."""
+    ref = x[0].mean(axis=0, dtype=np.float32)
+    for start in range(0, len(x), chunk):
+        near = _near(x[start : start + chunk], ref)
+        if not near.all():
+            return start + int(np.argmin(near))
+    return len(x)
 
 
 def _near(lines: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    return (np.abs(lines - ref).max(axis=-1) <= BORDER_TOL).mean(axis=1) >= BORDER_SHARE
+    """Per line: at least BORDER_SHARE of its pixels within BORDER_TOL of `ref` in each channel
+    (channels combined one by one: numpy reduces a length-3 axis slowly)."""
+    close = np.abs(lines - ref) <= BORDER_TOL
+    ok = close[..., 0] & close[..., 1] & close[..., 2]
+    return np.count_nonzero(ok, axis=-1) >= BORDER_SHARE * ok.shape[-1]
 
 
 def flagged(name: str, columns: dict[str, np.ndarray]) -> np.ndarray:
@@ -172,7 +212,7 @@ def flagged(name: str, columns: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def flag_rule(name: str) -> str:
-    """The flag as a filter: `sharpness < 10.0 AND contrast >= 0.05`."""
+    """The flag as a filter: `sharpness < 50.0 AND contrast >= 0.05`."""
     return " AND ".join(f"{c} {op} {str(t).upper() if isinstance(t, bool) else t}"
                         for c, op, t in FLAGS[name])  # fmt: skip
 
