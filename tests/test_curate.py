@@ -11,7 +11,9 @@ import shutil
 from html import escape
 from pathlib import Path
 
+import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -21,6 +23,7 @@ from tests.helpers.paths import EXAMPLES, REPO
 from tests.helpers.reliability import config, tiny  # noqa: F401 - session fixture
 from vlpipe.api import run_and_index as run
 from vlpipe.cli import main
+from vlpipe.curate.formats import ParquetManifest
 from vlpipe.curate.run import curate
 from vlpipe.dedup.run import DedupOptions, dedup
 from vlpipe.errors import VlpipeError
@@ -86,6 +89,27 @@ def test_parquet_manifest_is_run_again_by_vlpipe(tiny, made, tmp_path):  # noqa:
         name = Path(r["uri"]).name
         assert r["text"] == f"a {kind[name]} photo" and r["license"] == f"cc-{kind[name]}"
     assert min(r["sharpness"] for r in rows) >= 100
+
+
+def test_parquet_manifest_row_groups_hold_shard_size_rows(tmp_path):
+    """Kept rows arrive a batch at a time (a part's batch, often small); the manifest's row
+    groups still hold --shard-size rows each, the last one the rest, in order."""
+    writer = ParquetManifest(fsspec.filesystem("file"), str(tmp_path), 4, ["license"])
+    uris = [f"/photos/{i}.jpg" for i in range(9)]
+    at = 0
+    for n in (3, 3, 0, 1, 2):
+        batch = uris[at : at + n]
+        at += n
+        strings = {c: pa.array(v, pa.string()) for c, v in (
+            ("uri", batch), ("text", [None] * n), ("caption", [f"c {u}" for u in batch]),
+            ("license", ["cc0"] * n))}  # fmt: skip
+        writer.add(pa.table(strings))
+    assert writer.close() == [str(tmp_path / "manifest.parquet")]
+    meta = pq.ParquetFile(tmp_path / "manifest.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [4, 4, 1]
+    table = pq.read_table(tmp_path / "manifest.parquet")
+    assert table.column("url").to_pylist() == uris
+    assert table.column("caption").to_pylist() == [f"c {u}" for u in uris]
 
 
 def test_webdataset_subset_reads_back_with_webdataset(made, tmp_path):

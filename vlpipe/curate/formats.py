@@ -4,7 +4,8 @@
   where it had one, else vlpipe's caption) and the user's own columns: a manifest `vlpipe run`
   reads as is (url and caption are its uri and text columns) and img2dataset reads with
   `--url_col url --caption_col caption`. Row groups of --shard-size rows (a run plans one or
-  more shards per row group). vlpipe's own columns stay out: a run computes them again.
+  more shards per row group): kept rows wait in memory until a row group is full, so memory
+  holds at most --shard-size of them. vlpipe's own columns stay out: a run computes them again.
 - `webdataset`: SUBSET/NNNNN.tar shards of --shard-size samples, each the source image's bytes,
   caption, row JSON and embedding, written by the same writer as `vlpipe run --output-format
   webdataset` (so the same export policy: metadata stripped unless --keep-metadata, faces
@@ -50,6 +51,9 @@ class ParquetManifest:
         self.file = None
         self.rows = 0
         self.unreadable: list[tuple[str, str]] = []
+        self.pending: list[pa.Table] = []  # kept rows not yet written: under shard_size of them
+        self.pending_rows = 0
+        self.closing = False
 
     @staticmethod
     def columns(user_columns: list[str]) -> list[str]:
@@ -61,17 +65,32 @@ class ParquetManifest:
             {"url": kept.column("uri"), "caption": caption,
              **{c: kept.column(c) for c in self.user}}
         )  # fmt: skip
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self.pending_rows >= self.shard_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Whole row groups of shard_size rows (the rest waits for more rows, or close)."""
+        table = pa.concat_tables(self.pending, promote_options="permissive")
         if self.writer is None:
             self.file = self.fs.open(self.tmp, "wb")
             self.writer = pq.ParquetWriter(self.file, table.schema, compression="zstd")
-        self.writer.write_table(table.cast(self.writer.schema), row_group_size=self.shard_size)
-        self.rows += table.num_rows
+        full = table.num_rows - table.num_rows % self.shard_size if not self.closing else None
+        head = table if full is None else table.slice(0, full)
+        self.writer.write_table(head.cast(self.writer.schema), row_group_size=self.shard_size)
+        rest = table.slice(head.num_rows)
+        self.pending, self.pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
 
     def close(self) -> list[str]:
-        if self.writer is None:  # no row kept: an empty manifest still says so
+        self.closing = True
+        if self.writer is None and not self.pending:  # no row kept: an empty manifest says so
             self.add(pa.table({"uri": pa.array([], pa.string()), "text": pa.array([], pa.string()),
                                "caption": pa.array([], pa.string()),
                                **{c: pa.array([]) for c in self.user}}))  # fmt: skip
+        if self.pending or self.writer is None:
+            self._flush()
         self.writer.close()
         self.file.close()
         self.fs.mv(self.tmp, self.path)

@@ -40,8 +40,13 @@ _ROW = "__vlpipe_row"  # a batch's own row numbers, to turn a filtered table bac
 
 def run_schema(run: RunDir, parts: list[str]) -> pa.Schema:
     """The columns of `parts` from their footers (unified: a column some parts lack is null in
-    those), which a filter is checked against."""
-    schemas = [pf.schema_arrow for pf in map(run.open_part, parts) if pf is not None]
+    those), which a filter is checked against. Only distinct schemas are kept: a 10M-row run
+    has thousands of parts, nearly all alike."""
+    schemas: list[pa.Schema] = []
+    for pf in map(run.open_part, parts):
+        schema = pf.schema_arrow if pf is not None else None
+        if schema is not None and not any(schema.equals(s) for s in schemas):
+            schemas.append(schema)
     if not schemas:
         raise VlpipeError(f"no readable parts in {run.path}: nothing to filter")
     try:
