@@ -5,7 +5,7 @@ one Parquet file (or vlpipe's parts) with uri, size, caption and float16 embeddi
 fresh process (`python -m bench.contenders NAME ...`) and prints one JSON line: images, seconds of
 the timed section (after the model is loaded and warmed up, to the last byte written) and its split.
 
-- vlpipe: `vlpipe.pipeline.run.run(RunConfig(...))`, the in-process DirectRunner (FnApiRunner).
+- vlpipe: `vlpipe.run(manifest, out, ...)` (no index), the in-process DirectRunner (FnApiRunner).
 - naive: open, convert, preprocess and run the model one image at a time.
 - dataloader: a torch DataLoader (num_workers, batch 32) over plain PIL decoding: the best loop
   a user could hand-write.
@@ -77,29 +77,33 @@ def vlpipe_open(path: str, min_side: int):
 
 
 def run_vlpipe(uris: list[str], manifest: str, model_name: str, out: Path, args) -> dict:
-    from vlpipe.pipeline.options import RunConfig
-    from vlpipe.pipeline.run import make_handler, run
+    import vlpipe
+    from vlpipe.api import run_config
+    from vlpipe.models.backends import resolve_backend
+    from vlpipe.worker.handlers import VlpipeModelHandler
 
-    config = RunConfig(
-        source=manifest,
-        output=str(out),
-        captioner=model_name,
-        embedder=model_name,
-        device="cpu",
-        batch_size=args.batch_size,
-        decode_threads=args.decode_threads,
-        shard_size=getattr(args, "shard_size", None) or RunConfig.shard_size,
-        workers=getattr(args, "run_workers", 1),
-        max_caption_tokens=args.max_tokens,
-        backend=getattr(args, "backend", "auto"),  # the loops below run torch
-        overwrite=True,
-        build_index=False,
-        progress=False,
-    )
-    models = make_handler(config).load_model()  # loaded once per process, reused by run()
+    # resolved here as the run's driver resolves it: the handler caches loaded models by backend,
+    # so the model loaded before the clock must be the one the run uses (vlpipe-mini on CPU)
+    backend = resolve_backend(getattr(args, "backend", "auto"), "cpu")  # loops below run torch
+    options = {
+        "captioner": model_name,
+        "embedder": model_name,
+        "device": "cpu",
+        "batch_size": args.batch_size,
+        "decode_threads": args.decode_threads,
+        "workers": getattr(args, "run_workers", 1),
+        "max_caption_tokens": args.max_tokens,
+        "backend": backend,
+        "overwrite": True,
+        "build_index": False,
+    }
+    if getattr(args, "shard_size", None):
+        options["shard_size"] = args.shard_size
+    config = run_config(manifest, str(out), **options)
+    models = VlpipeModelHandler.for_run(config).load_model()  # once per process, reused by run
     warm_up(models.captioner)
     start = time.perf_counter()
-    summary = run(config, echo=lambda _line: None)
+    summary = vlpipe.run(manifest, str(out), **options).last
     seconds = time.perf_counter() - start
     if not summary.ok or summary.written != len(uris):
         raise RuntimeError(f"vlpipe run wrote {summary.written} of {len(uris)}: {summary.lines()}")
@@ -109,9 +113,9 @@ def run_vlpipe(uris: list[str], manifest: str, model_name: str, out: Path, args)
         "infer_s": t.get("infer_s", 0.0),
         "write_s": t.get("write_s", 0.0),
     }
-    if config.workers == 1:  # with more workers the shard times are sums over processes
+    if options["workers"] == 1:  # with more workers the shard times are sums over processes
         split["other_s"] = seconds - split["infer_s"] - split["write_s"]
-    return {"seconds": seconds, "split": split}
+    return {"seconds": seconds, "split": split, "backend": backend}
 
 
 def run_naive(uris: list[str], _manifest: str, model_name: str, out: Path, args) -> dict:
@@ -217,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=30)
     parser.add_argument("--shard-size", type=int, help="vlpipe only (default: vlpipe's own)")
     parser.add_argument("--run-workers", type=int, default=1, help="vlpipe run --workers")
+    parser.add_argument("--backend", default="auto", help="vlpipe run --backend (vlpipe only)")
     parser.add_argument("--torch-threads", type=int, default=1, help="0: torch's default")
     parser.add_argument(
         "--full-prefix-decoder", action="store_true",

@@ -161,12 +161,12 @@ def nvjpeg_decode_rate(paths: list[Path], size: int, batch: int, device: str) ->
 
 
 def pipeline_run(manifest: Path, cap_dir: str, emb_dir: str, args, batch: int, out: Path) -> dict:
-    from vlpipe.pipeline.options import RunConfig
-    from vlpipe.pipeline.run import run
+    import vlpipe
 
-    config = RunConfig(
-        source=str(manifest),
-        output=str(out),
+    start = time.perf_counter()
+    summary = vlpipe.run(
+        str(manifest),
+        str(out),
         captioner=cap_dir,
         embedder=emb_dir,
         device=args.device,
@@ -176,10 +176,7 @@ def pipeline_run(manifest: Path, cap_dir: str, emb_dir: str, args, batch: int, o
         decode_threads=args.decode_threads,
         overwrite=True,
         build_index=False,
-        progress=False,
-    )
-    start = time.perf_counter()
-    summary = run(config, echo=lambda _line: None)
+    ).last
     seconds = time.perf_counter() - start
     return {
         "images": summary.processed,

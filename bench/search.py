@@ -138,7 +138,7 @@ def child_scan(name: str, run: str) -> dict:
 
     q = QUERIES[name]
     if q.kind == "hybrid":  # vlpipe's fusion constants (RRF_K etc.), imported before the clock
-        from vlpipe.search import hits as constants
+        from vlpipe.search.hits import COMMON_WEIGHT, RARE_SHARE, RARE_WEIGHT, RRF_DEPTH, RRF_K
     vectors = np.load(Path(run) / QUERY_FILE)
     parts = sorted(str(p) for p in (Path(run) / "parts").glob("part-*.parquet"))
     start = time.perf_counter()
@@ -166,14 +166,14 @@ def child_scan(name: str, run: str) -> dict:
         _, matches, sizes = scan(parts, None, q.k, word=RARE)
         out["uris"] = uris_of(parts, sizes, matches[: q.k])
     else:  # hybrid: vlpipe's fusion over the scan's vector ranking and its word matches
-        depth = max(q.k, constants.RRF_DEPTH)
+        depth = max(q.k, RRF_DEPTH)
         tops, matches, sizes = scan(parts, vectors[:1], depth, word=RARE)
         share = len(matches) / sum(sizes)
-        weight = constants.RARE_WEIGHT if share <= constants.RARE_SHARE else constants.COMMON_WEIGHT
+        weight = RARE_WEIGHT if share <= RARE_SHARE else COMMON_WEIGHT
         fused: dict[int, float] = {}
         for w, ranking in ((1.0, tops[0][0]), (weight, matches[:depth])):
             for rank, row in enumerate(ranking.tolist(), 1):
-                fused[row] = fused.get(row, 0.0) + w / (constants.RRF_K + rank)
+                fused[row] = fused.get(row, 0.0) + w / (RRF_K + rank)
         best = sorted(fused, key=lambda r: -fused[r])[: q.k]
         out["uris"] = uris_of(parts, sizes, np.array(best, np.int64))
     out["query_ms"] = _ms_since(start)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
     from vlpipe.frames import SearchResult
 
+__all__ = ["Run", "open", "run", "run_and_index", "run_config"]
+
 #: RunConfig fields that are not options of `vlpipe.run` (given positionally)
 _POSITIONAL = ("source", "output")
 

@@ -46,6 +46,24 @@ from vlpipe.storage import (
     storage_error,
 )
 
+__all__ = [
+    "CLUSTERS",
+    "DEDUP",
+    "DONE",
+    "FAILED",
+    "INDEX",
+    "LEASE",
+    "MANIFEST",
+    "PARTS",
+    "PLAN",
+    "PROGRESS",
+    "SUCCESS",
+    "WDS",
+    "RunDir",
+    "write_atomic",
+    "write_table_atomic",
+]
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"

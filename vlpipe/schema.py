@@ -6,6 +6,21 @@ import hashlib
 
 import pyarrow as pa
 
+__all__ = [
+    "FACE_FIELDS",
+    "FAILED_SCHEMA",
+    "PHOTO_FIELDS",
+    "RESERVED_COLUMNS",
+    "SCHEMA_VERSION",
+    "STAGE_DECODE",
+    "STAGE_FILTER",
+    "STAGE_INFER",
+    "STAGE_INPUT",
+    "STAGE_READ",
+    "image_id",
+    "result_schema",
+]
+
 SCHEMA_VERSION = 3  # 2: orig_width, orig_height, bytes, format, phash, sha256, user columns
 # 3: quality signals (vlpipe.images.quality), --score columns; phash of the border-trimmed image
 # 3: exif_gps, camera, taken_at; faces, face_boxes with --detect-faces

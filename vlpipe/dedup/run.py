@@ -26,6 +26,16 @@ from vlpipe.index.adder import valid_vectors
 from vlpipe.index.store import captions_only
 from vlpipe.rundir import RunDir
 
+__all__ = [
+    "DEFAULT_METHOD",
+    "DEFAULT_PHASH_DISTANCE",
+    "DEFAULT_THRESHOLD",
+    "MAX_PHASH_DISTANCE",
+    "DedupOptions",
+    "dedup",
+    "informative",
+]
+
 DEFAULT_METHOD = "both"
 DEFAULT_THRESHOLD = 0.88  # embedding cosine (chosen by bench/dedup_quality.py)
 DEFAULT_PHASH_DISTANCE = 10  # bits of 64 (likewise)

@@ -20,6 +20,8 @@ from vlpipe.eval.metrics import caption_scores, retrieval_recalls
 from vlpipe.models.base import l2_normalize
 from vlpipe.rundir import RunDir
 
+__all__ = ["KEYS", "embed_texts", "evaluate_run", "file_name", "read_references", "read_run"]
+
 log = logging.getLogger(__name__)
 
 TEXT_BATCH = 256

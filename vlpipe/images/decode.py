@@ -21,6 +21,17 @@ from PIL import Image
 
 from vlpipe.images import DEFAULT_MAX_PIXELS
 
+__all__ = [
+    "FORMATS",
+    "DecodeError",
+    "DecodedImage",
+    "FilterError",
+    "Filters",
+    "ImageError",
+    "decode_image",
+    "to_rgb",
+]
+
 #: Formats we decode. Restricting `Image.open` keeps exotic plugins (EPS runs Ghostscript, PSD,
 #: FITS, ...) away from untrusted bytes; MPO (multi-picture JPEGs from phones) opens as JPEG.
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")

@@ -30,6 +30,21 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+__all__ = [
+    "COLUMNS",
+    "FLAGS",
+    "Quality",
+    "border_box",
+    "colorfulness",
+    "entropy",
+    "flag_counts",
+    "flag_rule",
+    "flagged",
+    "is_grayscale",
+    "quality",
+    "sharpness",
+]
+
 SIDE = 128  # the copy every signal is computed on: SIDE x SIDE RGB, and its luma (Pillow's "L")
 GRAY_SPREAD = 3  # channels (0-255) further apart than this make a pixel coloured
 GRAY_SHARE = 0.01  # an image with fewer coloured pixels than this is grayscale

@@ -43,6 +43,8 @@ from vlpipe.index.store import (
 from vlpipe.rundir import PARTS, RunDir
 from vlpipe.version import __version__
 
+__all__ = ["build_index"]
+
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 16384  # x 256-d float32 = 16 MB per batch: small transient copies

@@ -11,6 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "TARGET_RECALL",
+    "ExactTopK",
+    "lower_bound",
+    "make_queries",
+    "per_query_recall",
+    "query_count",
+    "recall_at_k",
+    "search_param",
+    "tune",
+]
+
 TARGET_RECALL = 0.95
 K = 10
 QUERY_NOISE = 0.75  # |noise| / |vector|: cosine(query, source) ~ 1 / sqrt(1 + 0.75**2) = 0.8

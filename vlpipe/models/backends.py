@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 
+__all__ = ["BACKENDS", "openvino_installed", "resolve_backend"]
+
 BACKENDS = ("auto", "torch", "openvino")
 
 

@@ -20,6 +20,15 @@ from PIL import Image
 from vlpipe.errors import VlpipeError
 from vlpipe.models.precision import resolve_precision
 
+__all__ = [
+    "CaptionEmbedder",
+    "Captioner",
+    "Embedder",
+    "l2_normalize",
+    "resolve_device",
+    "resolve_dtype",
+]
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """`auto` means CUDA when there is one, else CPU."""

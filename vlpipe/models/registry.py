@@ -15,6 +15,17 @@ if TYPE_CHECKING:  # base imports torch, which text search on CPU does without
     from vlpipe.models.base import Captioner, Embedder
     from vlpipe.models.prompting import Prompting
 
+__all__ = [
+    "BUILTIN",
+    "NONE",
+    "bf16_measured_on_cpu",
+    "light_text_encoder",
+    "load_captioner",
+    "load_embedder",
+    "load_models",
+    "refuse_open_clip_captioner",
+]
+
 BUILTIN = "mini"
 OPEN_CLIP = "open_clip:"  # `open_clip:ARCH@TAG` etc. (vlpipe.models.openclip): embedders only
 

@@ -8,6 +8,8 @@ import numpy as np
 
 from vlpipe.search.results import jsonable
 
+__all__ = ["COMMON_WEIGHT", "RARE_SHARE", "RARE_WEIGHT", "RRF_DEPTH", "RRF_K", "Hit", "fuse"]
+
 #: weighted reciprocal rank fusion (Cormack, Clarke & Buettcher, SIGIR 2009): a hybrid hit
 #: scores, over the two rankings that hold it, 1 / (RRF_K + vector rank) + w / (RRF_K + keyword
 #: rank), ranks counted from 1, each ranking taken to depth max(k, RRF_DEPTH). The keyword

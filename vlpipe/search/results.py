@@ -15,6 +15,8 @@ import pyarrow as pa
 from vlpipe.errors import VlpipeError
 from vlpipe.search.rows import RowReader
 
+__all__ = ["MAX_K_OUT", "attach", "hits_table", "jsonable", "write_hits"]
+
 #: hits per query a `--output` file or a page of the API may ask for
 MAX_K_OUT = 10_000
 

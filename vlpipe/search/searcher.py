@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from vlpipe.models.base import Embedder
 
+__all__ = ["KEYWORD_DEFAULT", "MAX_K", "MODES", "Searcher"]
+
 MAX_K = 10_000  # the CLI allows 1,000 on screen, 10,000 into a file; the API pages to 10,000
 TEXT_BATCH = 64
 #: search_text's modes: vector (embedding similarity), keyword (BM25 over caption + alt text,

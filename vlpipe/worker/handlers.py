@@ -32,6 +32,8 @@ from vlpipe.models.prompting import Prompting
 from vlpipe.models.score_base import Scorer
 from vlpipe.worker.prompted import captions_and_columns
 
+__all__ = ["ImageResult", "Models", "PreparedImage", "VlpipeModelHandler", "prepare_image"]
+
 
 @dataclass
 class Models:

@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+__all__ = ["CachedStep", "FullPrefixStep", "beam_search"]
+
 BOS, EOS, PAD, UNK = 1, 2, 0, 3
 
 

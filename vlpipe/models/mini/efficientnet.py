@@ -21,6 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = [
+    "FEATURE_DIM",
+    "TOWERS",
+    "EfficientNetLite",
+    "MBConv",
+    "SameConv",
+    "check_tower",
+    "fuse_batchnorm",
+    "normalize_pixels",
+    "weights_path",
+]
+
 #: (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0; the
 #: kernels, strides and expand ratios of every tower (TOWERS gives their repeats and widths)
 STAGES = [

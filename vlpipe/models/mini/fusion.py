@@ -17,6 +17,8 @@ from torch import nn
 from vlpipe.models.mini.decoding import BOS, EOS, PAD, UNK, beam_search
 from vlpipe.models.tokenize import tokenize
 
+__all__ = ["SPECIALS", "CaptionDecoder", "JointHeads", "ProjectionHead", "Vocab"]
+
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 

@@ -39,6 +39,16 @@ from vlpipe.models.mini.efficientnet import (
 )
 from vlpipe.models.mini.fusion import CaptionDecoder, JointHeads, Vocab
 
+__all__ = [
+    "IMAGE_SIZE",
+    "MiniModel",
+    "TowerGrid",
+    "build_parts",
+    "load_mini",
+    "preprocess_image",
+    "save_model",
+]
+
 IMAGE_SIZE = 224  # Lite0's; a model's own is `MiniModel.image_size`
 FORMAT_VERSION = 2  # 2: int8 weight matrices with per-row scales; 1: all fp16
 READABLE_FORMATS = (1, 2)
