@@ -64,6 +64,7 @@ setup(
             "pylance>=14",  # --output-format lance, read back with lancedb in its tests
             "lancedb>=0.40",
             "scikit-image>=0.22",  # ships a real face photo (data/astronaut.png) for face tests
+            "py-spy>=0.3",  # bench/profile.py's smoke mode (tests/test_bench_smoke.py)
         ],
         # --output-format lance (the dataset; lancedb reads it as a table)
         "lance": ["pylance>=14"],

@@ -2,6 +2,7 @@
 
     python -m bench.bench_index             # 100k and 1M vectors (about 30 min on 2 busy cores)
     python -m bench.bench_index --quick     # 20k and 100k vectors
+    python -m bench.bench_index --smoke     # 2k vectors, seconds, nothing published
 
 Data: synthetic clustered unit vectors (bench/synthetic.py, 256-d like vlpipe-mini's joint
 space) written as real fp16 Parquet parts of 50k rows with a manifest, i.e. a real run directory.
@@ -23,13 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
 from bench.bench_index_markdown import markdown, write_markdown
-from bench.common import SCRATCH, Figure, Report, run_child
+from bench.common import SCRATCH, Figure, Report, result_name, run_child
 
 RUNS = SCRATCH / "index-runs"
 DIM = 256
@@ -42,16 +44,19 @@ GOALS = {"cold_search_s": 2.0, "warm_query_ms_1m": 20.0, "recall_at_10": 0.95}
 # ---- run directories --------------------------------------------------------------------------
 
 
-def synthetic_run(n: int, dim: int, embedder: dict | None = None, tag: str = "synthetic") -> Path:
+def synthetic_run(
+    n: int, dim: int, embedder: dict | None = None, tag: str = "synthetic", root: Path = RUNS
+) -> Path:
     """A cached run dir of n vectors: parts written once, reused by every contender."""
     from bench.synthetic import write_manifest, write_synthetic_run
     from vlpipe.rundir import RunDir
 
-    path = RUNS / f"{tag}-n{n}-d{dim}"
+    path = root / f"{tag}-n{n}-d{dim}"
     done = path / ".complete"
     if not done.exists():
         start = time.perf_counter()
-        write_synthetic_run(str(path), n, dim, part_rows=PART_ROWS, embedder=embedder)
+        part_rows = min(PART_ROWS, max(1, n // 4))  # a few parts even in a smoke run
+        write_synthetic_run(str(path), n, dim, part_rows=part_rows, embedder=embedder)
         done.write_text("")
         print(f"wrote {path} in {time.perf_counter() - start:.0f} s", flush=True)
     elif embedder is not None:
@@ -173,8 +178,8 @@ def child(name: str, *args: str) -> list[str]:
 # ---- the benchmark ------------------------------------------------------------------------------
 
 
-def bench_size(n: int, dim: int, report: Report, nq: int) -> dict:
-    run = synthetic_run(n, dim)
+def bench_size(n: int, dim: int, report: Report, nq: int, root: Path = RUNS) -> dict:
+    run = synthetic_run(n, dim, root=root)
     auto_run, flat_run = variant(run, "auto"), variant(run, "flat")
     row: dict = {"vectors": n, "dim": dim}
     for name, argv in (
@@ -229,7 +234,7 @@ def bench_size(n: int, dim: int, report: Report, nq: int) -> dict:
     return row
 
 
-def cold_embedder(dim: int) -> tuple[str, dict, int]:
+def cold_embedder(root: Path = RUNS) -> tuple[str, dict, int]:
     """vlpipe-mini when it loads, else a tiny random CLIP built under the scratch folder."""
     from vlpipe.models.registry import load_embedder
 
@@ -238,21 +243,27 @@ def cold_embedder(dim: int) -> tuple[str, dict, int]:
     except Exception:  # noqa: BLE001 - weights not shipped yet: fall back, and say so
         from bench.hf_tiny import build_tiny_clip
 
-        name = build_tiny_clip(RUNS / "tiny-clip")
+        name = build_tiny_clip(root / "tiny-clip")
         embedder = load_embedder(name, device="cpu")
     record = {"name": name, "config": embedder.describe(), "fingerprint": embedder.fingerprint()}
     return name, record, embedder.dim
 
 
-def bench_cold(n: int, report: Report, query: str = "a dog running on the grass") -> dict:
-    name, record, dim = cold_embedder(DIM)
+def bench_cold(
+    n: int,
+    report: Report,
+    query: str = "a dog running on the grass",
+    root: Path = RUNS,
+    rounds: int = COLD_ROUNDS,
+) -> dict:
+    name, record, dim = cold_embedder(root)
     tag = "mini" if name == "mini" else "tinyclip"
-    run = synthetic_run(n, dim, embedder=record, tag=tag)
+    run = synthetic_run(n, dim, embedder=record, tag=tag, root=root)
     auto_run, flat_run = variant(run, "auto"), variant(run, "flat")
     for path, kind in ((auto_run, "auto"), (flat_run, "flat")):
         run_child(child("build", str(path), kind))
     walls = {"auto": [], "flat": []}
-    for _ in range(COLD_ROUNDS):  # interleaved rounds: load changes hit both alike
+    for _ in range(rounds):  # interleaved rounds: load changes hit both alike
         for kind, path in (("auto", auto_run), ("flat", flat_run)):
             argv = [sys.executable, "-m", "vlpipe", "search", query, "--index", str(path), "--json"]
             walls[kind].append(run_child(argv).wall_s)
@@ -267,7 +278,7 @@ def bench_cold(n: int, report: Report, query: str = "a dog running on the grass"
             "same CLI, exact flat index",
             unit="s",
             higher_is_better=False,
-            note=f"embedder {tag}, median of {COLD_ROUNDS}",
+            note=f"embedder {tag}, median of {rounds}",
         )
     )
     return {
@@ -318,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", help="comma-separated vector counts [default: 100000,1000000]")
     parser.add_argument("--queries", type=int, default=QUERIES, help="warm queries per index")
     parser.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
+    parser.add_argument(
+        "--smoke", action="store_true", help="2k vectors, 20 queries, nothing published"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -331,13 +345,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.sizes
         else ([20_000, 100_000] if args.quick else [100_000, 1_000_000])
     )
-    report = Report("index", "Index and search")
-    rows = [bench_size(n, DIM, report, args.queries) for n in sizes]
-    cold = bench_cold(100_000, report)
+    root, cold_n, rounds = RUNS, 100_000, COLD_ROUNDS
+    if args.smoke:  # fresh data, so every step runs; BENCHMARKS.md untouched
+        sizes, args.queries, cold_n, rounds = [2_000], 20, 2_000, 1
+        root = SCRATCH / "index-runs-smoke"
+        shutil.rmtree(root, ignore_errors=True)
+    report = Report(result_name("index", args.smoke), "Index and search")
+    rows = [bench_size(n, DIM, report, args.queries, root) for n in sizes]
+    cold = bench_cold(cold_n, report, root=root, rounds=rounds)
     report.details = {"sizes": rows, "cold": cold, "goals": goals(rows, cold)}
     result = report.finish()
     print(markdown(result))
-    if not args.no_markdown:
+    if not (args.no_markdown or args.smoke):
         write_markdown(result)
     return 0
 

@@ -24,6 +24,12 @@ RESULTS = REPO / "bench" / "results"
 SCRATCH = RESULTS / "tmp"  # git-ignored: run outputs of the end-to-end benchmarks
 
 
+def result_name(name: str, smoke: bool) -> str:
+    """Where a run's result file goes: a smoke run (tiny sizes, a code-path check) saves under
+    the git-ignored tmp/, so it never overwrites a real measurement."""
+    return f"tmp/{name}-smoke" if smoke else name
+
+
 @dataclass
 class Figure:
     """One comparison. `higher_is_better` says which way the ratio vlpipe/baseline should go."""
@@ -255,12 +261,14 @@ class ChildRun:
     stderr_tail: str
 
 
-def run_child(argv: list[str], env: dict | None = None, timeout: float | None = None) -> ChildRun:
+def run_child(
+    argv: list[str], env: dict | None = None, timeout: float | None = None, cwd: Path = REPO
+) -> ChildRun:
     """Run one measured contender in a fresh process: its own imports, model load and memory."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         argv,
-        cwd=REPO,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -282,3 +290,22 @@ def run_child(argv: list[str], env: dict | None = None, timeout: float | None = 
     if proc.returncode != 0 or not output:
         raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}):\n{err[-3000:]}")
     return ChildRun(proc.returncode, wall, peak, output, err[-2000:])
+
+
+def git_tree(revision: str) -> Path:
+    """A checkout of `revision` (a `git worktree`, made once) under bench/results/tmp/trees/:
+    the "before" side of a benchmark that compares vlpipe now with an earlier commit. Run code
+    there with cwd and PYTHONPATH set to the tree, in this virtualenv."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{revision}^{{commit}}"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    tree = SCRATCH / "trees" / commit[:12]
+    if not (tree / "vlpipe").exists():
+        import shutil
+
+        shutil.rmtree(tree, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=REPO, check=True)
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=REPO,
+                       check=True, capture_output=True)  # fmt: skip
+    return tree

@@ -32,6 +32,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 FLICKR = Path(os.environ.get("VLPIPE_FLICKR", REPO.parent / "shared" / "datasets" / "flickr8k"))
 CACHE = REPO / "bench" / "corpus"
+#: smoke runs make their (tiny) corpora from the repository's sample photos: no Flickr8k needed
+SMOKE = {"cache": REPO / "bench" / "results" / "tmp" / "corpus-smoke", "root": REPO / "examples"}
 
 #: (width, height) ratios and how often each occurs: mostly landscape, as in photo collections
 ASPECTS = [((4, 3), 4), ((3, 2), 3), ((16, 9), 2), ((1, 1), 2), ((3, 4), 3), ((2, 3), 2)]
@@ -116,17 +118,27 @@ def image_path(folder: Path, index: int) -> Path:
     return folder / f"{index:06d}.jpg"
 
 
+def corpus_args(smoke: bool) -> dict:
+    """Keyword arguments of `ensure` and `manifest`: the smoke corpus, or the default one."""
+    return dict(SMOKE) if smoke else {}
+
+
 def ensure(
-    n: int, kind: str = "mixed", cache: Path = CACHE, workers: int | None = None
+    n: int,
+    kind: str = "mixed",
+    cache: Path = CACHE,
+    workers: int | None = None,
+    root: Path = FLICKR,
 ) -> list[Path]:
-    """The first `n` images of corpus `kind`, generating the missing ones (in parallel)."""
+    """The first `n` images of corpus `kind`, generating the missing ones (in parallel) from the
+    photos in `root`/images."""
     spec = SPECS[kind]
     folder = corpus_dir(spec, cache)
     _check_stamp(folder, spec)
     paths = [image_path(folder, i) for i in range(n)]
     missing = [i for i, p in enumerate(paths) if not p.exists()]
     if missing:
-        sources = source_images()
+        sources = source_images(root)
         print(
             f"corpus {kind}: generating {len(missing)} of {n} images in {folder}", file=sys.stderr
         )
@@ -160,9 +172,9 @@ def _check_stamp(folder: Path, spec: CorpusSpec) -> None:
     path.write_text(json.dumps(stamp, indent=1))
 
 
-def manifest(n: int, kind: str = "mixed", cache: Path = CACHE) -> Path:
+def manifest(n: int, kind: str = "mixed", cache: Path = CACHE, root: Path = FLICKR) -> Path:
     """A CSV manifest (uri column) of the first `n` images: `vlpipe run` takes it as a source."""
-    paths = ensure(n, kind, cache)
+    paths = ensure(n, kind, cache, root=root)
     out = cache / f"{kind}-{n}.csv"
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)

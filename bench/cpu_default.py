@@ -3,10 +3,11 @@ photos, the same machine, all cores, interleaved rounds.
 
 The baseline is built from git in this benchmark's own environment: `git worktree add` of the
 commit (default 55e8470, the last commit before `--precision auto` and `--backend`) under
-bench/results/tmp/, run with the same virtualenv and PYTHONPATH pointing at that tree. Each run is
-a fresh `vlpipe run` process (captions + embeddings, no index) under /usr/bin/time, so images/s is
-what `vlpipe run` reports for its own work and peak RSS is the process's high-water mark. The
-OpenVINO graph is converted before the first timed round (a first-use cost, cached after).
+bench/results/tmp/trees/ (bench.common.git_tree), run with the same virtualenv and PYTHONPATH
+pointing at that tree. Each run is a fresh `vlpipe run` process (captions + embeddings, no
+index) under /usr/bin/time, so images/s is what `vlpipe run` reports for its own work and peak
+RSS is the process's high-water mark. The OpenVINO graph is converted before the first timed
+round (a first-use cost, cached after).
 
     python -m bench.cpu_default [--baseline-commit 55e8470] [--images 500] [--rounds 3] [--smoke]
 """
@@ -22,23 +23,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.common import REPO, SCRATCH, Figure, Report
+from bench.common import REPO, SCRATCH, Figure, Report, git_tree
 from bench.mini_lowres import FLICKR, dev_names
 
 NAME = "cpu_default"
 ROOT = SCRATCH / NAME
 RATE = re.compile(r"processed (\d+) in ([\d.]+) s \(([\d.]+) images/s\)")
 BASELINE = "55e8470"
-
-
-def baseline_tree(commit: str) -> Path:
-    tree = ROOT / f"tree-{commit}"
-    if not (tree / "vlpipe").exists():
-        shutil.rmtree(tree, ignore_errors=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=REPO, check=True)
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=REPO,
-                       check=True, capture_output=True)  # fmt: skip
-    return tree
 
 
 def photos(n: int, smoke: bool) -> str:
@@ -83,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     manifest = photos(args.images, args.smoke)
     base = f"baseline {args.baseline_commit}"
-    trees = {"vlpipe": REPO, base: baseline_tree(args.baseline_commit)}
+    trees = {"vlpipe": REPO, base: git_tree(args.baseline_commit)}
     one_run(REPO, photos(4, smoke=True))  # converts and caches the OpenVINO graph, untimed
     rates: dict[str, list[float]] = {k: [] for k in trees}
     rss: dict[str, list[float]] = {k: [] for k in trees}

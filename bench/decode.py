@@ -13,6 +13,7 @@ busy shared machine does not inflate; wall-clock rates are recorded too. Candida
 interleaved, round after round, and the median round counts.
 
     python -m bench.decode [--images 200] [--rounds 5] [--quick]
+    python -m bench.decode --smoke   # 6 images from examples/, 1 round, nothing published
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import Figure, Report
-from bench.corpus import describe, ensure
+from bench.common import Figure, Report, result_name
+from bench.corpus import corpus_args, describe, ensure
 
 SIZE = 224
 NAME = "decode"
@@ -162,7 +163,7 @@ def measure(images: list[bytes], rounds: int) -> dict[str, dict]:
     return out
 
 
-def run(n_images: int = 200, rounds: int = 5) -> dict:
+def run(n_images: int = 200, rounds: int = 5, smoke: bool = False) -> dict:
     torch.set_num_threads(1)
     try:
         import cv2
@@ -170,8 +171,8 @@ def run(n_images: int = 200, rounds: int = 5) -> dict:
         cv2.setNumThreads(1)
     except ImportError:
         pass
-    report = Report(NAME, TITLE)
-    paths = ensure(n_images, "1024")
+    report = Report(result_name(NAME, smoke), TITLE)
+    paths = ensure(n_images, "1024", **corpus_args(smoke))
     images = [p.read_bytes() for p in paths]
     rates = measure(images, rounds)
     vl, plain = rates[VLPIPE]["per_core_images_s"], rates[PLAIN]["per_core_images_s"]
@@ -225,11 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="60 images, 3 rounds")
+    parser.add_argument("--smoke", action="store_true", help="6 sample images, 1 round")
     args = parser.parse_args(argv)
     n, rounds = (60, 3) if args.quick else (args.images, args.rounds)
+    if args.smoke:
+        n, rounds = 6, 1
     from bench.report import run_and_publish
 
-    return run_and_publish(NAME, lambda: run(n, rounds))
+    return run_and_publish(NAME, lambda: run(n, rounds, args.smoke), args.smoke)
 
 
 if __name__ == "__main__":

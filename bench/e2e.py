@@ -15,6 +15,10 @@ run 3-6x slower and erratic. A full run also measures vlpipe once with torch's d
 figure for that setting is in the results too.
 
     python -m bench.e2e [--images 512] [--rounds 2] [--naive-images 64] [--quick]
+    python -m bench.e2e --smoke   # 6 sample images, every contender once, nothing published
+
+bench/e2e_before_after.py runs this benchmark's vlpipe contender on this tree and on an earlier
+commit's, side by side.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import os
 import shutil
 import statistics
 import sys
+from pathlib import Path
 
-from bench.common import SCRATCH, Figure, Report, run_child
-from bench.corpus import describe, ensure, manifest
+from bench.common import REPO, SCRATCH, Figure, Report, result_name, run_child
+from bench.corpus import corpus_args, describe, ensure, manifest
 
 NAME = "e2e"
 TITLE = "End to end on CPU: vlpipe-mini captions + embeddings"
@@ -44,18 +49,29 @@ LABELS = {
 
 
 def run_contender(
-    name: str, csv: str, args, threads: int | None = None, run_workers: int = 1
+    name: str,
+    csv: str,
+    args,
+    threads: int | None = None,
+    run_workers: int = 1,
+    tree: Path = REPO,
+    extra: tuple[str, ...] = (),
 ) -> dict:
+    """One contender in a fresh process; `tree` is the checkout whose bench/contenders.py and
+    vlpipe it runs (another commit's, for bench/e2e_before_after.py)."""
     out = SCRATCH / NAME / name
     shutil.rmtree(out, ignore_errors=True)
     threads = args.torch_threads if threads is None else threads
     argv = [
         sys.executable, "-m", "bench.contenders", name, "--manifest", csv, "--model", args.model,
         "--out", str(out), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-        "--torch-threads", str(threads), "--run-workers", str(run_workers),
+        "--torch-threads", str(threads), "--run-workers", str(run_workers), *extra,
     ]  # fmt: skip
     # OMP_NUM_THREADS also reaches the processes a contender starts (Beam's worker processes)
-    child = run_child(argv, env={"OMP_NUM_THREADS": str(threads)} if threads else None)
+    env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+    if tree != REPO:
+        env["PYTHONPATH"] = str(tree)
+    child = run_child(argv, env=env, cwd=tree)
     shutil.rmtree(out, ignore_errors=True)
     result = child.output
     result["images_s"] = result["images"] / result["seconds"]
@@ -66,8 +82,10 @@ def run_contender(
 
 
 def measure(args) -> dict[str, list[dict]]:
-    csv = str(manifest(args.images, "mixed"))
-    naive_csv = str(manifest(min(args.naive_images, args.images), "mixed"))
+    csv = str(manifest(args.images, "mixed", **corpus_args(args.smoke)))
+    naive_csv = str(
+        manifest(min(args.naive_images, args.images), "mixed", **corpus_args(args.smoke))
+    )
     runs: dict[str, list[dict]] = {name: [] for name in (*LOOPS, "naive")}
     for r in range(args.rounds):
         order = LOOPS[r % len(LOOPS) :] + LOOPS[: r % len(LOOPS)]
@@ -89,7 +107,7 @@ def median_rate(runs: list[dict]) -> float:
 
 
 def run(args) -> dict:
-    report = Report(NAME, TITLE)
+    report = Report(result_name(NAME, args.smoke), TITLE)
     runs = measure(args)
     rate = {name: median_rate(rs) for name, rs in runs.items()}
     vl = rate["vlpipe"]
@@ -120,7 +138,7 @@ def run(args) -> dict:
             )
         )  # fmt: skip
     report.details = {
-        "corpus": describe(ensure(args.images, "mixed")),
+        "corpus": describe(ensure(args.images, "mixed", **corpus_args(args.smoke))),
         "model": args.model,
         "torch_threads": args.torch_threads,
         "batch_size": args.batch_size,
@@ -188,9 +206,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="128 images, 32 naive, 1 round, no extra vlpipe runs"
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help="6 sample images, 2 naive, batch 2, 1 round"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.naive_images, args.rounds = 128, 32, 1
+    if args.smoke:
+        args.images, args.naive_images, args.rounds, args.batch_size = 6, 2, 1, 2
+        args.quick = True  # the extra vlpipe runs are the same contender with other flags
     return args
 
 
@@ -198,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     from bench.report import run_and_publish
 
-    return run_and_publish(NAME, lambda: run(args))
+    return run_and_publish(NAME, lambda: run(args), args.smoke)
 
 
 if __name__ == "__main__":

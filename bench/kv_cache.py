@@ -7,6 +7,7 @@ same beam search with the old full-prefix step (`FullPrefixStep`), on the same w
 memories, checked to give the same token ids.
 
     python -m bench.kv_cache [--images 64] [--model mini] [--quick]
+    python -m bench.kv_cache --smoke   # 4 images, 6 tokens, nothing published
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import time
 
 import torch
 
-from bench.common import Figure, Report
-from bench.corpus import describe, ensure
+from bench.common import Figure, Report, result_name
+from bench.corpus import corpus_args, describe, ensure
 from vlpipe.models.mini.decoding import FullPrefixStep, beam_search
 
 NAME = "kv_cache"
@@ -71,9 +72,9 @@ def time_both(model, mems: list[torch.Tensor], beams: int, max_tokens: int) -> d
 def run(args) -> dict:
     from vlpipe.models.registry import load_captioner
 
-    report = Report(NAME, TITLE)
+    report = Report(result_name(NAME, args.smoke), TITLE)
     model = load_captioner(args.model, device="cpu")
-    paths = ensure(args.images, "mixed")
+    paths = ensure(args.images, "mixed", **corpus_args(args.smoke))
     mems = memories(model, paths, args.batch_size)
     rows = {}
     for beams in sorted({1, model.num_beams}):
@@ -125,12 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="32 images")
+    parser.add_argument("--smoke", action="store_true", help="4 sample images, 6 tokens")
     args = parser.parse_args(argv)
     if args.quick:
         args.images = 32
+    if args.smoke:
+        args.images, args.batch_size, args.max_tokens = 4, 2, 6
     from bench.report import run_and_publish
 
-    return run_and_publish(NAME, lambda: run(args))
+    return run_and_publish(NAME, lambda: run(args), args.smoke)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ patched in for that process only), so the before/after throughput of that change
 the same images in the same benchmark.
 
     python -m bench.profile [--images 256] [--rate 50] [--quick]
+    python -m bench.profile --smoke   # 4 sample images, batch 2, nothing published
 
 Needs py-spy (`pip install py-spy`).
 """
@@ -25,8 +26,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from bench.common import SCRATCH, Figure, Report
-from bench.corpus import describe, ensure, manifest
+from bench.common import SCRATCH, Figure, Report, result_name
+from bench.corpus import corpus_args, describe, ensure, manifest
 
 NAME = "profile"
 TITLE = "Profile: where `vlpipe run` spends CPU time (vlpipe-mini, CPU)"
@@ -45,8 +46,8 @@ STAGES = [
     ("embedder (transformers)", "embed_images", "hf.py"),
     ("preprocess (resize to 224, to tensor)", "preprocess", ""),
     ("JPEG decode (decode_image)", "decode_image", "decode.py"),
-    ("read bytes", "read_bytes", "sources.py"),
-    ("write Parquet part", "write_shard", "write.py"),
+    ("read bytes", "read_bytes", "files.py"),
+    ("write Parquet part", "write_chunk", "parquet.py"),
 ]
 RUN = ("run_vlpipe", "contenders.py")
 
@@ -123,8 +124,8 @@ VARIANTS = {"before: full-prefix caption decoding": True, "now: KV-cached captio
 
 
 def run(args) -> dict:
-    report = Report(NAME, TITLE)
-    csv = str(manifest(args.images, "mixed"))
+    report = Report(result_name(NAME, args.smoke), TITLE)
+    csv = str(manifest(args.images, "mixed", **corpus_args(args.smoke)))
     out = SCRATCH / NAME
     out.mkdir(parents=True, exist_ok=True)
     profiles, rates = {}, {}
@@ -149,7 +150,7 @@ def run(args) -> dict:
         )
     )  # fmt: skip
     report.details = {
-        "corpus": describe(ensure(args.images, "mixed")),
+        "corpus": describe(ensure(args.images, "mixed", **corpus_args(args.smoke))),
         "model": args.model,
         "torch_threads": args.torch_threads,
         "rate_hz": args.rate,
@@ -191,12 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         help="intra-op threads of every contender (0: torch's default, one per core)",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="64 images")
+    parser.add_argument("--smoke", action="store_true", help="4 sample images, batch 2")
     args = parser.parse_args(argv)
     if args.quick:
         args.images = 64
+    if args.smoke:
+        args.images, args.batch_size = 4, 2
     from bench.report import run_and_publish
 
-    return run_and_publish(NAME, lambda: run(args))
+    return run_and_publish(NAME, lambda: run(args), args.smoke)
 
 
 if __name__ == "__main__":

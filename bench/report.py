@@ -13,13 +13,14 @@ import importlib
 import re
 import sys
 
-from bench.common import REPO, fmt, load
+from bench.common import REPO, SCRATCH, fmt, load
 
 DOC = REPO / "BENCHMARKS.md"
 #: benchmark name -> module that renders its details (a `markdown(result) -> str` function)
 RENDERERS = {
     "decode": "bench.decode",
     "e2e": "bench.e2e",
+    "e2e_before_after": "bench.e2e_before_after",
     "scaling": "bench.scaling",
     "index": "bench.bench_index_markdown",  # the index helper's benchmark
     "profile": "bench.profile",
@@ -115,8 +116,9 @@ def _replace(text: str, name: str, body: str, title: str) -> str:
     return text.rstrip() + f"\n\n## {title}\n\n{new}\n"
 
 
-def run_and_publish(name: str, compute) -> int:
-    """A benchmark's main: run it, then write its block; a missing corpus is one error line."""
+def run_and_publish(name: str, compute, smoke: bool = False) -> int:
+    """A benchmark's main: run it, then write its block (a smoke run only renders it); a
+    missing corpus is one error line."""
     from bench.corpus import CorpusError
 
     try:
@@ -124,8 +126,22 @@ def run_and_publish(name: str, compute) -> int:
     except CorpusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    update(name, result)
+    if smoke:
+        smoke_block(name, result)
+    else:
+        update(name, result)
     return 0
+
+
+def smoke_block(name: str, result: dict) -> str:
+    """Render a smoke run's block, so a broken renderer fails the smoke run too, into
+    bench/results/tmp/NAME-smoke.md: BENCHMARKS.md and bench/results/NAME.json stay as they are."""
+    text = block({**result, "name": name})
+    path = SCRATCH / f"{name}-smoke.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"smoke: rendered {path.relative_to(REPO)}; BENCHMARKS.md untouched")
+    return text
 
 
 def update(name: str, result: dict) -> None:

@@ -8,6 +8,7 @@ corpus starts with the smaller one (image i is the same file in both).
 The index build at 100k and 1M vectors is bench/bench_index.py (`python -m bench index`).
 
     python -m bench.scaling [--sizes 2000,10000] [--quick]
+    python -m bench.scaling --smoke   # 3 and 6 sample images, batch 2, nothing published
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.common import Figure, Report
-from bench.corpus import describe, ensure, manifest
+from bench.common import Figure, Report, result_name
+from bench.corpus import corpus_args, describe, ensure, manifest
 from bench.e2e import run_contender
 
 NAME = "scaling"
@@ -24,12 +25,13 @@ TITLE = "Scaling: time per image and peak memory as the corpus grows"
 
 
 def run(args) -> dict:
-    report = Report(NAME, TITLE)
+    report = Report(result_name(NAME, args.smoke), TITLE)
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    ensure(sizes[-1], "mixed")  # generate first, so corpus making is not timed
+    corpus = corpus_args(args.smoke)
+    ensure(sizes[-1], "mixed", **corpus)  # generate first, so corpus making is not timed
     runs = {}
     for n in sizes:
-        runs[n] = run_contender("vlpipe", str(manifest(n, "mixed")), args)
+        runs[n] = run_contender("vlpipe", str(manifest(n, "mixed", **corpus)), args)
         runs[n]["seconds_per_image"] = runs[n]["seconds"] / n
     small, large = runs[sizes[0]], runs[sizes[-1]]
     report.add(
@@ -46,7 +48,7 @@ def run(args) -> dict:
         )
     )  # fmt: skip
     report.details = {
-        "corpus": describe(ensure(sizes[-1], "mixed")),
+        "corpus": describe(ensure(sizes[-1], "mixed", **corpus)),
         "model": args.model,
         "batch_size": args.batch_size,
         "runs": {str(n): r for n, r in runs.items()},
@@ -87,12 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--quick", action="store_true", help="sizes 200,1000")
+    parser.add_argument("--smoke", action="store_true", help="sizes 3,6 (sample images), batch 2")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = "200,1000"
+    if args.smoke:
+        args.sizes, args.batch_size = "3,6", 2
     from bench.report import run_and_publish
 
-    return run_and_publish(NAME, lambda: run(args))
+    return run_and_publish(NAME, lambda: run(args), args.smoke)
 
 
 if __name__ == "__main__":

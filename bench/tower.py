@@ -8,6 +8,7 @@ the tower as it was: BN modules and an explicit pad before every conv, on the sa
 inputs, checked to give the same grid.
 
     python -m bench.tower [--batches 4] [--quick]
+    python -m bench.tower --smoke   # one batch of 2, nothing published
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.common import Figure, Report
+from bench.common import Figure, Report, result_name
 from vlpipe.models.mini.efficientnet import EfficientNetLite, SameConv, fuse_batchnorm
 
 NAME = "tower"
@@ -52,7 +53,7 @@ def time_grid(tower, x: torch.Tensor, old_padding: bool) -> tuple[float, torch.T
 
 
 def run(args) -> dict:
-    report = Report(NAME, TITLE)
+    report = Report(result_name(NAME, args.smoke), TITLE)
     before = EfficientNetLite.pretrained().to(memory_format=torch.channels_last)
     after = fuse_batchnorm(copy.deepcopy(before)).to(memory_format=torch.channels_last)
     torch.manual_seed(0)
@@ -106,12 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="2 batches")
+    parser.add_argument("--smoke", action="store_true", help="one batch of 2")
     args = parser.parse_args(argv)
     if args.quick:
         args.batches = 2
+    if args.smoke:
+        args.batches, args.batch_size = 1, 2
     from bench.report import run_and_publish
 
-    return run_and_publish(NAME, lambda: run(args))
+    return run_and_publish(NAME, lambda: run(args), args.smoke)
 
 
 if __name__ == "__main__":
