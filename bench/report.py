@@ -33,6 +33,8 @@ RENDERERS = {
     "search": "bench.search_markdown",
     "dedup_quality": "bench.dedup_quality",
     "dedup_scale": "bench.dedup_scale",
+    "curate_scale": "bench.curate_scale",
+    "img2dataset_check": "bench.img2dataset_check",
     "quality_agreement": "bench.quality_agreement",
     "mini_lowres": "bench.mini_lowres",
     "mini_speed": "bench.mini_speed",
