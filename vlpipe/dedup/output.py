@@ -14,6 +14,16 @@ from vlpipe.dedup.graph import METHODS, Clusters
 from vlpipe.rundir import CLUSTERS, DEDUP, RunDir, write_atomic
 from vlpipe.storage import open_for_write
 
+__all__ = [
+    "CLUSTER_SCHEMA",
+    "SUMMARY",
+    "histogram",
+    "read_summary",
+    "write_clusters",
+    "write_keep_list",
+    "write_summary",
+]
+
 SUMMARY = "summary.json"
 SLICE_ROWS = 1_000_000  # rows of Arrow strings made at a time while writing
 CLUSTER_SCHEMA = pa.schema(
