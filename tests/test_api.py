@@ -98,3 +98,33 @@ def test_errors_are_the_clis_one_line_errors(made, tmp_path):
     assert err._render_traceback_() == ["VlpipeError: bad thing"]  # Jupyter: one line
     with pytest.raises(VlpipeError, match="empty query"):
         made[2].search("   ")
+
+
+def test_every_run_flag_is_an_option_of_vlpipe_run_with_the_same_default():
+    """`vlpipe run` is vlpipe.run with the parsed flags: run_config takes every flag by its
+    Python name, and the flags' defaults make the same RunConfig as no options (progress aside,
+    which the CLI shows and the API does not)."""
+    from vlpipe.api import run_config
+    from vlpipe.cli.run import command
+
+    parsed = command.make_context("run", ["SRC", "-o", "OUT"]).params
+    flags = {k: v for k, v in parsed.items() if k not in ("source", "output")}
+    assert run_config("SRC", "OUT", **flags) == run_config("SRC", "OUT", progress=True)
+
+
+def test_run_options_by_their_flag_names():
+    from vlpipe.api import run_config
+
+    config = run_config(
+        "SRC", "OUT", embedding_dtype="float32", save_thumbnails=64, no_index=True,
+        columns="license, score", asks=["has_text=Any text?"], candidates=2, scores=["a=b:c"],
+    )  # fmt: skip
+    assert (config.float16, config.thumbnail_px, config.build_index) == (False, 64, False)
+    assert config.columns == ("license", "score") and config.scores == ("a=b:c",)
+    assert config.prompting.asks == (("has_text", "Any text?"),)
+    assert config.prompting.candidates == 2 and config.progress is False
+    assert run_config("SRC", "OUT", columns=["a"], thumbnail_px=32).thumbnail_px == 32
+    with pytest.raises(VlpipeError, match="--embedding-dtype must be float16 or float32"):
+        run_config("SRC", "OUT", embedding_dtype="int8")
+    with pytest.raises(VlpipeError, match="expected NAME=QUESTION"):
+        run_config("SRC", "OUT", asks=["no question"])

@@ -256,7 +256,7 @@ def test_serve_shows_stored_thumbnails_of_a_real_run_after_the_source_is_gone(ti
 
 def test_overwrite_removes_the_previous_runs_dedup(tiny, tmp_path):  # noqa: F811
     """A dedup of the replaced rows must not be read as this run's (summary, search --dedup)."""
-    from vlpipe.cli.run import duplicates_line
+    from vlpipe.api import duplicates_line
     from vlpipe.dedup.output import read_summary
     from vlpipe.dedup.run import DedupOptions, dedup
     from vlpipe.rundir import RunDir

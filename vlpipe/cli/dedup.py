@@ -51,11 +51,11 @@ def command(
     as_json: bool,
 ) -> None:
     """Group RUN_DIR's near-duplicate images into RUN_DIR/dedup/clusters.parquet."""
+    from vlpipe.api import Run
     from vlpipe.dedup.output import write_keep_list
-    from vlpipe.dedup.run import DedupOptions, dedup
 
-    options = DedupOptions(method, threshold, phash_distance, full)
-    summary = dedup(run_dir, options)
+    options = {"method": method, "threshold": threshold, "phash_distance": phash_distance}
+    summary = Run(run_dir).dedup(**options, full=full)
     if as_json:
         import json
 

@@ -26,11 +26,9 @@ KINDS = ["auto", "flat", "hnsw", "ivfsq", "ivfpq"]
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def command(run_dir: str, kind: str, memory_budget: str | None, rebuild: bool, quiet: bool) -> None:
     """Index RUN_DIR's embeddings into RUN_DIR/index/ (a later call adds only new parts)."""
-    from vlpipe.index.build import build_index
+    from vlpipe.api import Run
 
-    meta = build_index(
-        run_dir, kind=kind, memory_budget=memory_budget, rebuild=rebuild, progress=not quiet
-    )
+    meta = Run(run_dir).index(kind, memory_budget, rebuild, progress=not quiet)
     click.echo(summary(meta, run_dir))
 
 

@@ -126,78 +126,13 @@ from vlpipe.storage import DEFAULT_RETRIES
 @click.option("--no-index", is_flag=True, help="Do not build the FAISS index at the end.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
-def command(ctx: click.Context, source: str, output: str, **kw) -> None:
+def command(ctx: click.Context, source: str, output: str, **flags) -> None:
     """Caption and embed every image of SOURCE: a directory, glob, fsspec URL, manifest
     (.parquet/.csv/.jsonl) or WebDataset tar shards ('shards/{00000..00009}.tar')."""
-    from vlpipe.api import run_and_index
-    from vlpipe.models.prompting import Prompting, parse_asks
-    from vlpipe.pipeline.options import RunConfig
+    from vlpipe.api import run
 
-    config = RunConfig(
-        source=source,
-        output=output,
-        captioner=kw["captioner"],
-        embedder=kw["embedder"],
-        batch_size=kw["batch_size"],
-        max_caption_tokens=kw["max_caption_tokens"],
-        device=kw["device"],
-        precision=kw["precision"],
-        backend=kw["backend"],
-        decode_threads=kw["decode_threads"],
-        shard_size=kw["shard_size"],
-        workers=kw["workers"],
-        float16=kw["embedding_dtype"] == "float16",
-        max_pixels=kw["max_pixels"],
-        min_size=kw["min_size"],
-        max_aspect=kw["max_aspect"],
-        columns=_columns(kw["columns"]),
-        thumbnail_px=kw["save_thumbnails"],
-        output_format=kw["output_format"],
-        scores=tuple(kw["scores"]),
-        keep_metadata=kw["keep_metadata"],
-        detect_faces=kw["detect_faces"],
-        blur_faces=kw["blur_faces"],
-        overwrite=kw["overwrite"],
-        retry_failed=kw["retry_failed"],
-        shared_output=kw["shared_output"],
-        storage_retries=kw["storage_retries"],
-        take_over=kw["take_over"],
-        build_index=not kw["no_index"],
-        progress=not kw["no_progress"],
-        beam_args=list(ctx.args),
-        prompting=Prompting(
-            kw["prompt"], parse_asks(kw["asks"]), kw["max_image_pixels"], kw["candidates"]
-        ),
-    )
-    summary = run_and_index(config, echo=click.echo)
-    for line in summary.lines():
+    result = run(source, output, echo=click.echo, beam_args=ctx.args, **flags)
+    for line in result.closing_lines():
         click.echo(line)
-    if summary.index:
-        click.echo(
-            f"index: {summary.index.get('kind')} over {summary.index.get('count')} vectors"
-            f" in {output.rstrip('/')}/index"
-        )
-    dedup_line = duplicates_line(output, summary.written)
-    if dedup_line:
-        click.echo(dedup_line)
-    if not summary.ok:
+    if not result.last.ok:
         raise click.ClickException("not every input is accounted for; see the counts above")
-
-
-def duplicates_line(output: str, written: int) -> str | None:
-    """What the last `vlpipe dedup` of this output found, and whether rows came since."""
-    from vlpipe.dedup.output import read_summary
-    from vlpipe.rundir import RunDir
-
-    s = read_summary(RunDir(output))
-    if s is None:
-        return None
-    line = f"near-duplicates: {s['duplicates']} in {s['clusters']} clusters (vlpipe dedup"
-    new = written - s["images"]
-    return line + (f" of {s['images']} rows; {new} rows since: run it again)" if new else ")")
-
-
-def _columns(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    return tuple(c.strip() for c in value.split(",") if c.strip())
