@@ -30,7 +30,9 @@ BUILTIN = "mini"
 OPEN_CLIP = "open_clip:"  # `open_clip:ARCH@TAG` etc. (vlpipe.models.openclip): embedders only
 
 
-def _is_mini(name: str) -> bool:
+def is_vlpipe_mini(name: str) -> bool:
+    """Whether `name` loads vlpipe-mini: the built-in `mini` or a trained vlpipe-mini directory
+    (the models that --backend and bf16 on CPU apply to)."""
     from vlpipe.models.mini import is_mini_dir
 
     return name == BUILTIN or (os.path.isdir(name) and is_mini_dir(name))
@@ -56,7 +58,7 @@ def load_captioner(
     """`prompting` (a prompt, questions, candidates) is for prompted captioners only; `backend`
     (vlpipe.models.backends) applies to vlpipe-mini, hub models run torch."""
     refuse_open_clip_captioner(name)
-    if _is_mini(name):
+    if is_vlpipe_mini(name):
         from vlpipe.models.mini.model import load_mini
         from vlpipe.models.prompting import takes_no_prompt
 
@@ -74,7 +76,7 @@ def load_captioner(
 def load_embedder(
     name: str, device: str = "auto", precision: str = "auto", backend: str = "torch"
 ) -> Embedder:
-    if _is_mini(name):
+    if is_vlpipe_mini(name):
         from vlpipe.models.mini.model import load_mini
 
         path = None if name == BUILTIN else name
@@ -91,7 +93,7 @@ def load_embedder(
 def light_text_encoder(name: str, device: str = "cpu"):
     """A text-queries-only encoder that needs no torch, or None where the model has none:
     vlpipe-mini on CPU runs its text path in NumPy, so a cold text search skips torch."""
-    if not (_is_mini(name) and device == "cpu"):
+    if not (is_vlpipe_mini(name) and device == "cpu"):
         return None
     from vlpipe.models.mini import SHIPPED_DIR
     from vlpipe.models.mini.text_query import MiniTextQueries
@@ -125,4 +127,4 @@ def load_models(
 def bf16_measured_on_cpu(name: str) -> bool:
     """Whether `--precision auto` may pick bf16 on a CPU for this model: measured for vlpipe-mini
     (docs/precision.md), not yet for hub models, which stay fp32 there."""
-    return name == NONE or _is_mini(name)
+    return name == NONE or is_vlpipe_mini(name)

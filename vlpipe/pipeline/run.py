@@ -22,7 +22,7 @@ from vlpipe.models.describe import describe_models
 from vlpipe.models.faces import check_detector
 from vlpipe.models.precision import Precision, resolve_precision
 from vlpipe.models.prompting import check_columns, model_fields
-from vlpipe.models.registry import bf16_measured_on_cpu
+from vlpipe.models.registry import bf16_measured_on_cpu, is_vlpipe_mini
 from vlpipe.outputs.formats import output_format
 from vlpipe.pipeline.lease import acquire
 from vlpipe.pipeline.options import RunConfig, make_pipeline
@@ -191,7 +191,7 @@ def driver_backend(config: RunConfig, echo: Callable[[str], None]) -> str:
     """The runtime of vlpipe-mini's tower (hub models run torch); a missing runtime is said once
     here and the workers are handed torch."""
     names = [n for n in (config.captioner, config.embedder) if n != "none"]
-    if not any(bf16_measured_on_cpu(n) for n in names):
+    if not any(is_vlpipe_mini(n) for n in names):
         return "torch"
     return resolve_backend(config.backend, _device_type(config), warn=echo)
 
