@@ -1,13 +1,13 @@
 """Tiny randomly initialised prompted vision-language models (LLaVA, Qwen2-VL, Qwen2.5-VL,
-Idefics3 / SmolVLM, PaliGemma, BLIP-2), built offline from configs and saved with
-`save_pretrained`, so that `AutoProcessor` + `AutoModelForImageTextToText.from_pretrained(dir)`
-load them like a hub download.
+Idefics3 / SmolVLM, PaliGemma, BLIP-2, Florence-2, LLaVA-OneVision), built offline from configs
+and saved with `save_pretrained`, so that `AutoProcessor` and
+`AutoModelForImageTextToText.from_pretrained(dir)` load them like a hub download.
 
-Each has a WordLevel tokenizer with the family's special tokens, left padding, and (except
-PaliGemma and BLIP-2, whose processors take a plain prompt) a chat template that puts the image
-before the text, as the real checkpoints' templates do. 32-wide, 2-layer towers; images of
-32-64 px; a 10x wider initialisation than the default so that different images give different
-answers.
+Each has a WordLevel tokenizer with the family's special tokens, left padding (right for the
+encoder-decoder Florence-2), and (except PaliGemma, BLIP-2 and Florence-2, whose processors take
+a plain prompt) a chat template that puts the image before the text, as the real checkpoints'
+templates do. 32-wide, 2-layer towers; images of 32-64 px; a 10x wider initialisation than the
+default so that different images give different answers.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from bench.hf_tiny import WORDS
 
 SEED = 0
 FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "paligemma", "blip2")
-_PROMPT_WORDS = "user assistant : describe this image one sentence . ? how many yes no".split()
+#: added later; their tests are in tests/test_prompted_families.py
+MORE_FAMILIES = ("florence2", "llava_onevision")
+_PROMPT_WORDS = "user assistant : describe this image one sentence . ? how many yes no what".split()
 _INIT = 0.2
 _TEXT = dict(
     hidden_size=32,
@@ -62,7 +64,7 @@ def _tokenizer(specials: list[str], **named):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    listed = set(named.values())
+    listed = {v for v in named.values() if isinstance(v, str)}
     extra = [t for t in specials if t not in listed]
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -279,6 +281,78 @@ def build_tiny_blip2(path: str | Path) -> str:
     model = _seeded(lambda: Blip2ForConditionalGeneration(config))
     images = BlipImageProcessor(size={"height": 32, "width": 32})
     processor = Blip2Processor(image_processor=images, tokenizer=tokenizer, num_query_tokens=4)
+    return _save(path, model, processor)
+
+
+def build_tiny_florence2(path: str | Path) -> str:
+    """Florence-2: DaViT tower (64 px, 4 stages: 2x2 spatial tokens + 1 temporal = 5 image
+    tokens) + BART encoder-decoder; no chat template: the processor turns a task token
+    (<CAPTION>, ...) into its question and puts the image tokens and <s> before any text."""
+    from transformers import (
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+    )
+
+    named = dict(pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    image = {"image_token": "<image>"}  # the processor reads tokenizer.image_token
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+    tokenizer, vocab = _tokenizer(specials, extra_special_tokens=image, **named)
+    tokenizer.padding_side = "right"  # an encoder's input: its positions start at the first token
+    text = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                vocab_size=len(vocab), max_position_embeddings=256, init_std=_INIT, pad_token_id=0,
+                bos_token_id=1, eos_token_id=2, decoder_start_token_id=2)  # fmt: skip
+    vision = dict(embed_dim=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
+                  num_groups=(1, 2, 2, 4), projection_dim=32, initializer_range=_INIT)  # fmt: skip
+    config = Florence2Config(text_config=text, vision_config=vision,
+                             image_token_id=vocab["<image>"], initializer_range=_INIT)  # fmt: skip
+    model = _seeded(lambda: Florence2ForConditionalGeneration(config))
+    images = CLIPImageProcessor(size={"height": 64, "width": 64}, do_center_crop=False,
+                                crop_size={"height": 64, "width": 64})  # fmt: skip
+    images.image_seq_length = 5
+    return _save(path, model, Florence2Processor(image_processor=images, tokenizer=tokenizer))
+
+
+def build_tiny_llava_onevision(path: str | Path) -> str:
+    """LLaVA-OneVision: SigLIP tower (32 px, patch 8: 16 tokens per view) + Qwen2; "anyres":
+    an image becomes a base view plus up to 2x2 tiles of 32 px (pinpoints up to 64x64), the
+    tiles' features unpadded to the image's aspect ratio with a newline token per row."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
+
+    specials = ["<pad>", "<unk>", "<|im_end|>", "<image>", "<video>"]
+    tokenizer, vocab = _tokenizer(specials, pad_token="<pad>", eos_token="<|im_end|>")
+    text = dict(_TEXT, model_type="qwen2", vocab_size=len(vocab), pad_token_id=0,
+                eos_token_id=vocab["<|im_end|>"], bos_token_id=None)  # fmt: skip
+    pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
+    config = LlavaOnevisionConfig(
+        vision_config=dict(_VISION, model_type="siglip_vision_model", vision_use_head=False),
+        text_config=text,
+        image_token_index=vocab["<image>"],
+        video_token_index=vocab["<video>"],
+        image_grid_pinpoints=pinpoints,
+        vision_aspect_ratio="anyres_max_9",
+        initializer_range=_INIT,
+    )
+    model = _seeded(lambda: LlavaOnevisionForConditionalGeneration(config))
+    images = LlavaOnevisionImageProcessor(
+        size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints
+    )
+    processor = LlavaOnevisionProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": 32, "width": 32}),
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
+        chat_template=_template("<image>"),
+    )
     return _save(path, model, processor)
 
 

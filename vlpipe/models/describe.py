@@ -2,7 +2,8 @@
 
 The driver of a run calls this instead of loading the models: it validates the names (a bad one
 fails in one line before any work) and learns the embedding dimension and fingerprint, while the
-weights load only in the workers that run them.
+weights load only in the workers that run them. A prompted captioner's processor (no weights)
+is loaded too, to try the prompt and questions on a blank image.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ def describe_captioner(name: str, prompting: Prompting | None = None) -> dict | 
     location, config = load_config(name)  # config.json only: no weights at planning
     family = config.model_type
     if captioner_kind(name, family, prompting) == "prompted":
+        from vlpipe.models.prompted import check_prompts, load_prompt_processor
+
+        prompts = [prompting.prompt_for(family), *(q for _, q in prompting.asks)]
+        check_prompts(name, load_prompt_processor(name, location), family, prompts)
         settings = prompting.describe(family)
         fingerprint = settings_fingerprint(family, name, prompting, {"decoding": "greedy"})
         return {"family": family, "name_or_path": name, "kind": "prompted", **settings,

@@ -5,11 +5,17 @@ BLIP-2, Florence-2, ...), asked a prompt per image, and extra questions (`--ask`
 How a batch runs: `preprocess` (decode threads) only bounds the image's pixel count, so a huge
 photo cannot blow a batch of a dynamic-resolution model (Qwen2-VL turns every 28x28 pixels into a
 token); the model's own processor then builds the whole batch in one call, the prompt put through
-its chat template when it has one, the text left-padded, and one `generate` call (greedy unless
-beams are asked for) makes every answer of the batch. Only the new tokens are decoded, without
-special tokens, so no prompt text leaks into a caption. Calling the processor on the batch, rather
-than re-implementing each family's image tokens, is what makes vlpipe's output equal a plain
-`model.generate` on the processor's output, token for token (tests/test_prompted.py).
+its chat template when it has one, the text left-padded (right-padded for an encoder-decoder
+such as Florence-2, whose encoder numbers positions from the first token), and one `generate`
+call (greedy unless beams are asked for) makes every answer of the batch. Only the new tokens
+are decoded, without special tokens, so no prompt text leaks into a caption. Calling the
+processor on the batch, rather than re-implementing each family's image tokens, is what makes
+vlpipe's output equal a plain `model.generate` on the processor's output, token for token
+(tests/test_prompted.py, tests/test_prompted_families.py).
+
+A prompt the processor refuses (Florence-2: a task token such as <CAPTION> with other text) is
+refused in one line at planning (vlpipe.models.describe) or when `vlpipe ask` gets the question,
+by running the processor on a blank image (`check_prompts`), not as a failure row per image.
 
 Questions: every image of a batch is decoded and preprocessed once (`preprocess`, one PIL image
 per row) and goes through the image processor once for all its prompts (prompted_batch.py); each
@@ -35,6 +41,8 @@ from vlpipe.models.prompting import Prompting, settings_fingerprint
 SELF_INSERTING = frozenset({"paligemma", "blip-2", "instructblip", "florence2"})
 #: shortest image side decode keeps when the processor says nothing usable
 FALLBACK_IMAGE_SIZE = 448
+#: side of the blank image a prompt is tried on (check_prompts)
+CHECK_IMAGE_SIZE = 64
 
 
 def prompted_families(classic: set[str] | frozenset[str]) -> list[str]:
@@ -66,7 +74,9 @@ class PromptedCaptioner(Captioner):
         self.prompting, self.max_tokens = prompting, max_tokens
         self.prompt = prompting.prompt_for(self.family)
         self.tokenizer = processor.tokenizer
-        self.tokenizer.padding_side = "left"  # decoder-only batches generate after the padding
+        # a decoder generates after the padding; an encoder's positions start at the first token
+        self.padding_side = "right" if model.config.is_encoder_decoder else "left"
+        self.tokenizer.padding_side = self.padding_side
         self.max_pixels = bound_image_tokens(processor, prompting.max_image_pixels)
         self.image_size = image_size(processor, self.max_pixels)
         self._lock = threading.Lock()  # a Rust tokenizer is not re-entrant
@@ -115,7 +125,12 @@ class PromptedCaptioner(Captioner):
         with self._lock, quiet(), image_processor_once(self.processor):
             parts = [self._process(images, [t] * len(images)) for t in texts]
         pad = self.tokenizer.pad_token_id
-        return self._on_device(merge_batches(parts, pad if pad is not None else 0))
+        merged = merge_batches(parts, pad if pad is not None else 0, self.padding_side)
+        return self._on_device(merged)
+
+    def check_prompts(self, prompts: list[str]) -> None:
+        with self._lock:
+            check_prompts(self.name, self.processor, self.family, prompts)
 
     def candidates(self, pixels, n: int, max_tokens: int | None = None) -> list[list[str]]:
         """n captions per image: the n best beams of a width-n beam search."""
@@ -171,16 +186,7 @@ class PromptedCaptioner(Captioner):
         }
 
     def text_for(self, prompt: str) -> str:
-        """The prompt through the chat template (one user turn: the image, then the text), or
-        as given with the image token first where the processor does not insert it."""
-        if getattr(self.processor, "chat_template", None):
-            turn = [{"type": "image"}, {"type": "text", "text": prompt}]
-            conversation = [{"role": "user", "content": turn}]
-            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        token = getattr(self.processor, "image_token", None)
-        if self.family in SELF_INSERTING or not token or token in prompt:
-            return prompt
-        return f"{token}\n{prompt}"
+        return prompt_text(self.processor, self.family, prompt)
 
     def _decode(self, ids: list[list[int]]) -> list[str]:
         with self._lock:
@@ -201,6 +207,49 @@ class PromptedCaptioner(Captioner):
                 self.family, self.name, self.prompting, {"decoding": "greedy"}
             ),
         }
+
+
+def prompt_text(processor, family: str, prompt: str) -> str:
+    """The prompt through the chat template (one user turn: the image, then the text), or as
+    given with the image token first where the processor does not insert it."""
+    if getattr(processor, "chat_template", None):
+        turn = [{"type": "image"}, {"type": "text", "text": prompt}]
+        conversation = [{"role": "user", "content": turn}]
+        return processor.apply_chat_template(conversation, add_generation_prompt=True)
+    token = getattr(processor, "image_token", None)
+    if family in SELF_INSERTING or not token or token in prompt:
+        return prompt
+    return f"{token}\n{prompt}"
+
+
+def check_prompts(name: str, processor, family: str, prompts: list[str]) -> None:
+    """One line for a prompt the processor will not take (Florence-2: a task token such as
+    <CAPTION> must be the whole prompt), found by running the processor on a blank image: no
+    weights needed, so a run refuses it at planning and `vlpipe ask` before reading any image."""
+    blank = Image.new("RGB", (CHECK_IMAGE_SIZE, CHECK_IMAGE_SIZE), (127, 127, 127))
+    for prompt in prompts:
+        try:
+            with quiet():
+                processor(images=[blank], text=[prompt_text(processor, family, prompt)],
+                          return_tensors="pt")  # fmt: skip
+        except (ValueError, TypeError, KeyError) as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise VlpipeError(
+                f"{name!r} ({family}) cannot take the prompt {prompt!r}: {why}"
+            ) from exc
+
+
+def load_prompt_processor(name: str, location: str | None):
+    """The checkpoint's processor (no weights), refused in one line when it has no tokenizer."""
+    import transformers
+
+    processor = from_pretrained(name, transformers.AutoProcessor.from_pretrained, location)
+    if not hasattr(processor, "tokenizer"):
+        raise VlpipeError(
+            f"cannot load model {name!r}: its processor ({type(processor).__name__}) has no "
+            "tokenizer, so it cannot take a prompt"
+        )
+    return processor
 
 
 def bound_image_tokens(processor, max_image_pixels: int | None) -> int | None:
@@ -239,10 +288,16 @@ def _set_field(size, key: str, value: int) -> None:
 
 
 def image_size(processor, max_pixels: int | None) -> int:
-    """The shortest side decode must keep (it drafts JPEGs down to it)."""
+    """The shortest side decode must keep (it drafts JPEGs down to it): an "anyres" processor
+    (LLaVA-NeXT, LLaVA-OneVision) tiles an image up to its largest grid pinpoint, so it keeps
+    that pinpoint's shorter side, not the base view's size."""
     if max_pixels:
         return max(1, int(math.sqrt(max_pixels)))
-    size = getattr(getattr(processor, "image_processor", None), "size", None) or {}
+    image_processor = getattr(processor, "image_processor", None)
+    pinpoints = getattr(image_processor, "image_grid_pinpoints", None)
+    if pinpoints:
+        return max(min(p) for p in pinpoints)
+    size = getattr(image_processor, "size", None) or {}
     for key in ("height", "shortest_edge", "longest_edge"):
         if _field(size, key):
             return int(_field(size, key))
@@ -265,12 +320,7 @@ def load_prompted_captioner(
         raise VlpipeError("--max-image-pixels must be at least 1")
     torch_device = resolve_device(device)
     dtype = resolve_dtype(torch_device, precision)
-    processor = from_pretrained(name, transformers.AutoProcessor.from_pretrained, location)
-    if not hasattr(processor, "tokenizer"):
-        raise VlpipeError(
-            f"cannot load model {name!r}: its processor ({type(processor).__name__}) has no "
-            "tokenizer, so it cannot take a prompt"
-        )
+    processor = load_prompt_processor(name, location)
     loader = transformers.AutoModelForImageTextToText.from_pretrained
     model = place(from_pretrained(name, loader, location), torch_device, dtype)
     return PromptedCaptioner(name, model, processor, torch_device, dtype, prompting, max_tokens)

@@ -1,7 +1,7 @@
 """One generate batch for several prompts per image, with each image through the model's image
 processor once: the processor is called once per prompt over the same images, its image half
 runs on the first call only (`image_processor_once`), and the per-prompt batches are merged into
-one, left-padded (`merge_batches`).
+one, padded as the tokenizer pads (`merge_batches`).
 
 Why not one processor call over (image, prompt) pairs: that normalises (and, for Qwen2-VL or
 Idefics3, resizes and tiles) every image once per prompt. Why not family-specific code: the
@@ -50,10 +50,11 @@ def image_processor_once(processor) -> Iterator[_FirstCall]:
         processor.image_processor = inner
 
 
-def merge_batches(parts: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def merge_batches(parts: list[dict], pad_id: int, side: str = "left") -> dict[str, torch.Tensor]:
     """Processor batches (same images, one prompt each) to one: text tensors (the (batch,
-    length) ones: ids, masks, token types) left-padded to the longest, then every tensor
-    concatenated along its first axis, in the order given."""
+    length) ones: ids, masks, token types) padded on `side` to the longest (left for a decoder
+    that generates after the text, right for an encoder-decoder's encoder input), then every
+    tensor concatenated along its first axis, in the order given."""
     length = max(p["input_ids"].shape[1] for p in parts)
     merged = {}
     for key in parts[0]:
@@ -63,7 +64,8 @@ def merge_batches(parts: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             if _is_text(key, tensor, part["input_ids"]):
                 fill = pad_id if key == "input_ids" else 0
                 pad = length - tensor.shape[1]
-                tensor = torch.nn.functional.pad(tensor, (pad, 0), value=fill) if pad else tensor
+                where = (pad, 0) if side == "left" else (0, pad)
+                tensor = torch.nn.functional.pad(tensor, where, value=fill) if pad else tensor
             tensors.append(tensor)
         merged[key] = torch.cat(tensors)
     return merged
@@ -76,7 +78,9 @@ def _is_text(key: str, tensor: torch.Tensor, ids: torch.Tensor) -> bool:
 #: families whose vision pass is shared across prompts (checked with tiny models: the same
 #: answers, one vision pass per image); in transformers 5 their `model.model.get_image_features`
 #: returns the image features as `pooler_output`, one entry or row block per image, in order
-SHARED_VISION = frozenset({"llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "paligemma"})
+SHARED_VISION = frozenset(
+    {"llava", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "paligemma", "florence2"}
+)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,9 @@ from vlpipe.errors import VlpipeError
 DEFAULT_PROMPT = "Describe this image in one sentence."
 FAMILY_PROMPTS = {
     "paligemma": "caption en",  # PaliGemma's own task prefixes: "caption en", "answer en ..."
-    "florence2": "<MORE_DETAILED_CAPTION>",  # Florence-2 takes task tokens, not free text
+    # Florence-2 was trained on task tokens: <CAPTION> is its one-sentence caption, like the
+    # default above; <DETAILED_CAPTION> and <MORE_DETAILED_CAPTION> (a paragraph) are --prompt
+    "florence2": "<CAPTION>",
     "blip-2": "",  # BLIP-2 captions unprompted; questions read "Question: ... Answer:"
     "instructblip": DEFAULT_PROMPT,
 }

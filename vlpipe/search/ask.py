@@ -5,7 +5,7 @@ The images are read from their indexed uris (files, any fsspec URL, tar members)
 with the pipeline's guarded decoder; one that cannot be read gets no answer and an `error`
 instead of failing the others. The model is the run's own captioner when that is a prompted
 model, else the one named; vlpipe-mini and the classic captioners (BLIP, GIT) take no question
-and are refused in one line.
+and are refused in one line, and so is a question the model's processor will not take.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ class Asker:
         if self.searcher is None:
             raise VlpipeError("give --index to ask about search results, or --image")
         query = _check(about, "--about") if about is not None else question
+        self.captioner().check_prompts([question])  # one line, before any image is read
         hits = self.searcher.search_text([query], k, where=where)[0]
         answers = [Answer(h.uri, None, h) for h in hits]
         min_side = self.captioner().image_size  # JPEGs decode reduced down to this, no further
@@ -98,6 +99,7 @@ class Asker:
 
     def about_images(self, question: str, images: list[Image.Image], uris: list[str]) -> list:
         question = _check(question, "question")
+        self.captioner().check_prompts([question])
         answers = [Answer(u, None) for u in uris]
         self._answer(question, answers, [(im, None) for im in images])
         return answers
