@@ -23,7 +23,7 @@ SEED = 0
 FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "paligemma", "blip2")
 #: added later; their tests are in tests/test_prompted_families.py
 MORE_FAMILIES = ("florence2", "llava_onevision")
-_PROMPT_WORDS = "user assistant : describe this image one sentence . ? how many yes no what".split()
+_PROMPT_WORDS = "user assistant : describe this image one sentence . ? how many yes no".split()
 _INIT = 0.2
 _TEXT = dict(
     hidden_size=32,

@@ -116,7 +116,9 @@ def test_each_image_is_preprocessed_once_however_many_questions(
     summary = run(config)
     assert summary.written == 5
     assert len(calls) == 5  # once per image, not once per (image, question)
-    assert image_passes == [5]  # the image processor: once, for the caption and 3 questions
+    # planning tries the prompt and each question on a blank image (no weights); then the image
+    # processor runs once for the batch, for the caption and 3 questions
+    assert image_passes == [1] * 4 + [5]
     assert encoded == [5]  # the vision tower: once per image
     assert generates == [5 * 4]  # one generate call: the caption and 3 answers of 5 images
 
