@@ -39,6 +39,7 @@ RENDERERS = {
     "mini_lowres": "bench.mini_lowres",
     "mini_speed": "bench.mini_speed",
     "models_cpu": "bench.models_cpu",
+    "candidates": "bench.candidates",
     "storage_requests": "bench.storage_requests",
     "cpu_default": "bench.cpu_default",
     "precision_quality": "bench.precision_quality",
