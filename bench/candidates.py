@@ -14,6 +14,7 @@ reachable, a directory).
     python -m bench.candidates                      # the default pair, full size (minutes)
     python -m bench.candidates --captioner DIR --embedder DIR
     python -m bench.candidates --smoke              # tiny models, seconds; bench/results/tmp only
+    python -m bench.candidates --placeholder        # the not-measured block of BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import REPO, Figure, Report, fmt
+from bench.common import REPO, Figure, Report, fmt, load, save
 
 NAME = "candidates"
 TITLE = "Caption candidates: --candidates 4 against greedy captions"
@@ -136,6 +137,16 @@ def measure(args) -> dict:
     return report.finish()
 
 
+def not_measured() -> dict:
+    """The placeholder record (an earlier real measurement is kept instead)."""
+    previous = load(NAME)
+    if previous and "images_s" in previous.get("details", {}):
+        return previous
+    result = {"name": NAME, "title": TITLE, "command": RUN_COMMAND, "figures": [], "details": {}}
+    save(NAME, result)
+    return result
+
+
 def markdown(result: dict) -> str:
     d = result.get("details") or {}
     if "images_s" not in d:
@@ -168,12 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=4, help="timed batches, after a warm-up")
     parser.add_argument("--max-tokens", type=int, default=20)
     parser.add_argument("--smoke", action="store_true", help="tiny models, seconds")
+    parser.add_argument("--placeholder", action="store_true",
+                        help="write the not-measured block only")  # fmt: skip
     args = parser.parse_args(argv)
     if bool(args.captioner) != bool(args.embedder):
         parser.error("--captioner and --embedder go together")
     if args.smoke:
         args.batch_size, args.batches, args.max_tokens = 2, 1, 4
-    result = measure(args)
+    result = not_measured() if args.placeholder else measure(args)
     if not args.smoke:
         from bench.report import update
 
