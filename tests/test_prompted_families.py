@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from bench import hf_tiny_prompted
 from bench.hf_tiny import build_tiny_clip
 from tests.helpers.images import image_bytes
-from vlpipe.cli import main
+from tests.helpers.prompted import cli, read_rows, small_images
 from vlpipe.models.prompted import PromptedCaptioner
 from vlpipe.models.registry import load_captioner
-from vlpipe.rundir import RunDir
 
 FAMILIES = hf_tiny_prompted.MORE_FAMILIES
 QUESTION = "Is there any text in this image?"
@@ -47,27 +43,6 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def captioners(dirs) -> dict[str, PromptedCaptioner]:
     return {f: load_captioner(dirs[f], device="cpu") for f in FAMILIES}
-
-
-def small_images() -> list[Image.Image]:
-    """Far apart (dark noise, bright noise, two flat halves) and of different shapes (OneVision
-    tiles them differently, so the batch is padded)."""
-    rng = np.random.default_rng(3)
-    dark = rng.integers(0, 80, (40, 60, 3), dtype=np.uint8)
-    bright = rng.integers(170, 256, (60, 30, 3), dtype=np.uint8)
-    halves = np.zeros((32, 32, 3), np.uint8)
-    halves[:16] = (250, 20, 20)
-    halves[16:] = (20, 20, 250)
-    return [Image.fromarray(a) for a in (dark, bright, halves)]
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def read_rows(output) -> list[dict]:
-    run_dir = RunDir(str(output))
-    return [r for p in run_dir.parts() for r in pq.read_table(run_dir.fs.open(p)).to_pylist()]
 
 
 def alone(cap: PromptedCaptioner, image: Image.Image, prompt: str, max_tokens: int) -> str:

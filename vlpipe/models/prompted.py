@@ -11,7 +11,7 @@ call (greedy unless beams are asked for) makes every answer of the batch. Only t
 are decoded, without special tokens, so no prompt text leaks into a caption. Calling the
 processor on the batch, rather than re-implementing each family's image tokens, is what makes
 vlpipe's output equal a plain `model.generate` on the processor's output, token for token
-(tests/test_prompted.py, tests/test_prompted_families.py).
+(tests/test_prompted_models.py, tests/test_prompted_families.py).
 
 A prompt the processor refuses (Florence-2: a task token such as <CAPTION> with other text) is
 refused in one line at planning (vlpipe.models.describe) or when `vlpipe ask` gets the question,
