@@ -14,6 +14,18 @@ from dataclasses import dataclass
 
 from vlpipe.errors import VlpipeError
 
+__all__ = [
+    "CAPTION_SCORE",
+    "DEFAULT_PROMPT",
+    "FAMILY_PROMPTS",
+    "Prompting",
+    "check_columns",
+    "model_fields",
+    "parse_asks",
+    "settings_fingerprint",
+    "takes_no_prompt",
+]
+
 #: the prompt when none is given, by model_type; any other prompted family gets DEFAULT_PROMPT
 DEFAULT_PROMPT = "Describe this image in one sentence."
 FAMILY_PROMPTS = {
