@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # loaded on use: `vlpipe index` and `vlpipe search` never imp
     from vlpipe.pipeline.options import RunConfig
     from vlpipe.pipeline.summary import RunSummary
 
-__all__ = ["Run", "open", "run", "run_and_index", "run_config"]
+__all__ = ["Run", "duplicates_line", "open", "run", "run_and_index", "run_config"]
 
 #: RunConfig fields that are not options of `vlpipe.run` (given positionally)
 _POSITIONAL = ("source", "output")

@@ -19,6 +19,7 @@ __all__ = [
     "BUILTIN",
     "NONE",
     "bf16_measured_on_cpu",
+    "is_vlpipe_mini",
     "light_text_encoder",
     "load_captioner",
     "load_embedder",
