@@ -171,7 +171,7 @@ def test_fingerprint_ignores_precision_but_not_weights(tiny_dirs, tmp_path):
 
     path = tmp_path / "clip"
     shutil.copytree(tiny_dirs["clip"], path)
-    fp32 = load_embedder(str(path), device="cpu")
+    fp32 = load_embedder(str(path), device="cpu", precision="fp32")
     bf16 = load_embedder(str(path), device="cpu", precision="bf16")
     assert fp32.fingerprint() == bf16.fingerprint()
     assert fp32.describe() != bf16.describe()

@@ -14,6 +14,9 @@ import sys
 __all__ = ["BACKENDS", "openvino_installed", "resolve_backend"]
 
 BACKENDS = ("auto", "torch", "openvino")
+#: hub embedder families (config model_type) whose image tower runs through OpenVINO
+#: (vlpipe.models.hf_openvino); SigLIP 2's variable-size NaFlex input stays on torch
+OPENVINO_HUB_EMBEDDERS = ("clip", "siglip")
 
 
 def openvino_installed() -> bool:

@@ -16,10 +16,13 @@ from vlpipe.models.prompting import Prompting, settings_fingerprint, takes_no_pr
 from vlpipe.models.registry import NONE, OPEN_CLIP, refuse_open_clip_captioner
 
 
-def describe_models(captioner: str, embedder: str, prompting: Prompting | None = None) -> dict:
+def describe_models(
+    captioner: str, embedder: str, prompting: Prompting | None = None, **runtime: str
+) -> dict:
     """{"captioner": {name, config}, "embedder": {name, config, fingerprint, dim}}; "none"
     (that half of the work is not done) describes as config None, dim 0. `prompting` (prompt,
-    --ask questions, --candidates) is checked against the captioner here, before any work."""
+    --ask questions, --candidates) is checked against the captioner here, before any work.
+    `runtime` (device, precision, backend) is what the run resolves the embedder with."""
     if captioner == NONE and embedder == NONE:
         raise VlpipeError("--captioner none and --embedder none leave nothing to do: keep one")
     prompting = prompting or Prompting()
@@ -27,7 +30,7 @@ def describe_models(captioner: str, embedder: str, prompting: Prompting | None =
         raise VlpipeError("--candidates needs an embedder to score them: drop --embedder none")
     return {
         "captioner": {"name": captioner, "config": describe_captioner(captioner, prompting)},
-        "embedder": {"name": embedder, **describe_embedder(embedder)},
+        "embedder": {"name": embedder, **describe_embedder(embedder, **runtime)},
     }
 
 
@@ -68,7 +71,10 @@ def describe_captioner(name: str, prompting: Prompting | None = None) -> dict | 
     return described | ({"candidates": prompting.candidates} if prompting.candidates > 1 else {})
 
 
-def describe_embedder(name: str) -> dict:
+def describe_embedder(
+    name: str, device: str = "cpu", precision: str = "auto", backend: str = "torch"
+) -> dict:
+    """A hub embedder's config records the dtype and backend it resolves to with these."""
     if name == NONE:
         return {"config": None, "fingerprint": None, "dim": 0}
     mini = _mini_dir(name)
@@ -76,11 +82,14 @@ def describe_embedder(name: str) -> dict:
         config, fingerprint, dim = _describe_mini(mini)
         return {"config": config, "fingerprint": fingerprint, "dim": dim}
     if name.startswith(OPEN_CLIP):
-        from vlpipe.models.openclip import load_open_clip_embedder as load
-    else:
-        from vlpipe.models.hf import load_hf_embedder as load
+        from vlpipe.models.openclip import load_open_clip_embedder
 
-    embedder = load(name, device="cpu")  # weights load lazily: none here
+        embedder = load_open_clip_embedder(name, device=device, precision=precision)
+    else:
+        from vlpipe.models.hf import load_hf_embedder
+
+        embedder = load_hf_embedder(name, device=device, precision=precision, backend=backend)
+    # weights load lazily: none here
     return {
         "config": embedder.describe(),
         "fingerprint": embedder.fingerprint(),

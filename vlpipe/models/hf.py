@@ -16,24 +16,24 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from vlpipe.errors import ModelLoadError, VlpipeError
+from vlpipe.models.backends import OPENVINO_HUB_EMBEDDERS, resolve_backend
 from vlpipe.models.base import Captioner, Embedder, l2_normalize, resolve_device, resolve_dtype
 from vlpipe.models.hf_load import from_pretrained as _from_pretrained
 from vlpipe.models.hf_load import load_config as _load_config
-from vlpipe.models.hf_load import load_error as _load_error
 from vlpipe.models.hf_load import place as _place
 from vlpipe.models.hf_load import unsupported as _unsupported
 from vlpipe.models.hf_pixels import PixelRecipe
 from vlpipe.models.hf_pixels import pixel_recipe as _pixel_recipe
+from vlpipe.models.hf_weights import weight_files, weights_digest
+from vlpipe.models.precision import BF16_MEASURED_HUB_EMBEDDERS
 from vlpipe.models.prompting import Prompting, takes_no_prompt
 
 __all__ = [
@@ -235,9 +235,11 @@ class HFEmbedder(Embedder):
         recipe: PixelRecipe,
         device: torch.device,
         dtype: torch.dtype,
+        backend: str = "torch",
     ):
         self.name, self.location, self.config, self.recipe = name, location, config, recipe
         self.family = config.model_type
+        self.backend = backend  # "openvino": the image tower runs as a compiled graph on CPU
         self.towers = EMBEDDERS[self.family]
         self.device, self.dtype = device, dtype
         self.dim = int(getattr(config, "projection_dim", None) or config.text_config.hidden_size)
@@ -265,13 +267,34 @@ class HFEmbedder(Embedder):
         if part == "tokenizer":
             loader = transformers.AutoTokenizer.from_pretrained
             return _from_pretrained(self.name, loader, self.location)
+        if part == "vision" and self.backend == "openvino":
+            return self._compiled_vision()
+        # On CPU the text tower stays fp32: it embeds queries and captions, cheap next to images,
+        # and a query's vector then does not depend on the precision the images were run in.
+        cpu_text = part == "text" and self.device.type == "cpu"
+        return _place(self._tower(part), self.device, torch.float32 if cpu_text else self.dtype)
+
+    def _tower(self, part: str) -> torch.nn.Module:
+        """The `text` or `vision` tower in float32 on CPU, as saved."""
+        import transformers
+
         # The tower's own config, told the joint space's width (CLIP keeps it at the top level).
         tower_config = copy.deepcopy(getattr(self.config, f"{part}_config"))
         if hasattr(self.config, "projection_dim"):
             tower_config.projection_dim = self.config.projection_dim
         cls = getattr(transformers, getattr(self.towers, f"{part}_class"))
-        model = _from_pretrained(self.name, cls.from_pretrained, self.location, config=tower_config)
-        return _place(model, self.device, self.dtype)
+        return _from_pretrained(self.name, cls.from_pretrained, self.location, config=tower_config)
+
+    def _compiled_vision(self):
+        """The image tower through OpenVINO (vlpipe.models.hf_openvino), bf16 inside where the
+        embedder's dtype is bf16; the torch tower is read only to build a graph not cached."""
+        from vlpipe.models.hf_openvino import compile_image_tower
+
+        width, height = self.recipe.crop or self.recipe.square
+        precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
+        tower = lambda: self._tower("vision").eval()  # noqa: E731
+        field = self.towers.vision_output
+        return compile_image_tower(tower, field, self.fingerprint(), (height, width), precision)
 
     def _embeddings(self, output, part: str) -> np.ndarray:
         field = getattr(self.towers, f"{part}_output")
@@ -283,6 +306,9 @@ class HFEmbedder(Embedder):
 
     def embed_images(self, pixels: torch.Tensor) -> np.ndarray:
         model = self._get("vision")
+        if self.backend == "openvino":
+            x = self.recipe.normalize(pixels, self.device, torch.float32)
+            return l2_normalize(model(x.numpy()))
         with torch.inference_mode():
             output = model(**self.recipe.model_inputs(pixels, self.device, self.dtype))
         return self._embeddings(output, "vision")
@@ -311,6 +337,7 @@ class HFEmbedder(Embedder):
             "dim": self.dim,
             "image_size": self.image_size,
             "dtype": str(self.dtype).removeprefix("torch."),
+            "backend": self.backend,
         }
 
     def fingerprint(self) -> str:
@@ -318,58 +345,32 @@ class HFEmbedder(Embedder):
         config's content, the image preprocessing, and a sample of the weight files' bytes
         (which tells apart different weights saved to the same place)."""
         config = {k: v for k, v in self.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+        weights = weights_digest(self.name, self.location)
         blob = json.dumps(
-            {"config": config, "pixels": self.recipe.describe(), "weights": self._weights_digest()},
+            {"config": config, "pixels": self.recipe.describe(), "weights": weights},
             sort_keys=True,
             default=str,
         )
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
-    def _weights_digest(self) -> str:
-        """4 KiB from 16 evenly spaced offsets of each weight file: cheap even for GBs."""
-        digest = hashlib.sha1()
-        for path in self._weight_files():
-            size = os.path.getsize(path)
-            digest.update(f"{Path(path).name}:{size}".encode())
-            with open(path, "rb") as f:
-                for i in range(16):
-                    f.seek(size * i // 16)
-                    digest.update(f.read(4096))
-        return digest.hexdigest()
 
-    def _weight_files(self) -> list[str]:
-        """The checkpoint's weight files on local disk (a hub model's are fetched to its cache);
-        a sharded checkpoint's index first, then every shard it names."""
-        for filename in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
-            path = self._local_file(filename)
-            if path and filename.endswith(".index.json"):
-                shards = sorted(set(json.loads(Path(path).read_text())["weight_map"].values()))
-                return [path, *(self._local_file(shard, required=True) for shard in shards)]
-            if path:
-                return [path]
-        raise ModelLoadError(f"cannot load model {self.name!r}: it holds no weight files")
-
-    def _local_file(self, filename: str, required: bool = False) -> str | None:
-        from transformers.utils import cached_file
-
-        try:
-            return cached_file(
-                self.location, filename, _raise_exceptions_for_missing_entries=required
-            )
-        except (OSError, ValueError) as exc:
-            raise _load_error(self.name, exc) from exc
-
-
-def load_hf_embedder(name_or_path: str, device: str = "auto", precision: str = "auto") -> Embedder:
+def load_hf_embedder(
+    name_or_path: str, device: str = "auto", precision: str = "auto", backend: str = "torch"
+) -> Embedder:
     """A CLIP, SigLIP or SigLIP 2 joint embedder from a hub id or a local directory (towers
-    load lazily)."""
+    load lazily). `precision` auto picks bf16 on CPU only for families whose bf16 was measured,
+    `backend` (vlpipe.models.backends) runs CLIP and SigLIP image towers through OpenVINO."""
     location, config = _load_config(name_or_path)
     if config.model_type not in EMBEDDERS:
         known = {**EMBEDDERS, "open_clip:ARCH@TAG": None}
         raise _unsupported(name_or_path, config.model_type, "embedder", known)
     torch_device = resolve_device(device)
-    dtype = resolve_dtype(torch_device, precision)
+    measured = config.model_type in BF16_MEASURED_HUB_EMBEDDERS
+    dtype = resolve_dtype(torch_device, precision, bf16_measured=measured)
     recipe = _pixel_recipe(name_or_path, location)
-    embedder = HFEmbedder(name_or_path, location, config, recipe, torch_device, dtype)
-    embedder._weight_files()  # fail now, not at the first batch, when there are no weights
+    runs = resolve_backend(backend, torch_device.type)
+    if config.model_type not in OPENVINO_HUB_EMBEDDERS or not isinstance(recipe, PixelRecipe):
+        runs = "torch"
+    embedder = HFEmbedder(name_or_path, location, config, recipe, torch_device, dtype, runs)
+    weight_files(name_or_path, location)  # fail now, not at the first batch, if there are none
     return embedder

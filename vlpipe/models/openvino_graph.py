@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -25,21 +26,23 @@ def cache_dir() -> str:
 
 
 def compile_module(
-    module: torch.nn.Module,
+    build: Callable[[], torch.nn.Module],
     example: torch.Tensor,
     key: str,
     precision: str,
     threads: int | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """`module(x)` as a compiled OpenVINO call on float32 NCHW arrays (any batch size).
-    `precision` bf16 lets OpenVINO run in bf16 (only where the CPU has it natively)."""
+    """`build()(x)` as a compiled OpenVINO call on float32 NCHW arrays (any batch size); `build`
+    makes the fp32 torch module only when the cache has no graph for `key`, so a cached run
+    never holds the torch weights. `precision` bf16 lets OpenVINO run in bf16 (only where the
+    CPU has it natively)."""
     import openvino as ov
 
     core = ov.Core()
     path = os.path.join(cache_dir(), f"{key}-ov{ov.__version__.split('-')[0]}.xml")
     model = _load_cached(core, path)
     if model is None:
-        model = _convert(module, example, path)
+        model = _convert(build(), example, path)
     config = {
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
@@ -66,7 +69,8 @@ def _convert(module: torch.nn.Module, example: torch.Tensor, path: str):
     import openvino as ov
 
     shape = [-1, *example.shape[1:]]
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing's TracerWarnings are about Python control flow
         model = ov.convert_model(module.eval().float(), example_input=example, input=[shape])
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path[:-4]}.tmp-{uuid.uuid4().hex[:8]}.xml"

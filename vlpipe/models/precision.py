@@ -13,6 +13,9 @@ import sys
 from dataclasses import dataclass
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+#: hub embedder families (config model_type) whose CPU bf16 accuracy was measured
+#: (docs/precision.md): `auto` may pick bf16 for them; other hub models stay fp32 on CPU
+BF16_MEASURED_HUB_EMBEDDERS = ("clip", "siglip")
 #: /proc/cpuinfo flags that mean bf16 matrix maths runs natively
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 

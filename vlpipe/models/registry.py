@@ -88,7 +88,7 @@ def load_embedder(
         return load_open_clip_embedder(name, device=device, precision=precision)
     from vlpipe.models.hf import load_hf_embedder
 
-    return load_hf_embedder(name, device=device, precision=precision)
+    return load_hf_embedder(name, device=device, precision=precision, backend=backend)
 
 
 def light_text_encoder(name: str, device: str = "cpu"):
@@ -125,7 +125,38 @@ def load_models(
     return cap, emb
 
 
-def bf16_measured_on_cpu(name: str) -> bool:
-    """Whether `--precision auto` may pick bf16 on a CPU for this model: measured for vlpipe-mini
-    (docs/precision.md), not yet for hub models, which stay fp32 there."""
-    return name == NONE or is_vlpipe_mini(name)
+def bf16_measured_on_cpu(name: str, role: str = "embedder") -> bool:
+    """Whether `--precision auto` may pick bf16 on a CPU for this model (as `role`, captioner or
+    embedder): measured for vlpipe-mini and for hub CLIP / SigLIP embedders (docs/precision.md);
+    other hub models stay fp32 there."""
+    if name == NONE or is_vlpipe_mini(name):
+        return True
+    from vlpipe.models.precision import BF16_MEASURED_HUB_EMBEDDERS
+
+    return role == "embedder" and _hub_family(name) in BF16_MEASURED_HUB_EMBEDDERS
+
+
+def runs_compiled_on_cpu(name: str, role: str = "embedder") -> bool:
+    """Whether `--backend` applies to this model: vlpipe-mini's tower, hub CLIP / SigLIP image
+    towers (vlpipe.models.hf_openvino); everything else runs torch."""
+    if name == NONE:
+        return False
+    if is_vlpipe_mini(name):
+        return True
+    from vlpipe.models.backends import OPENVINO_HUB_EMBEDDERS
+
+    return role == "embedder" and _hub_family(name) in OPENVINO_HUB_EMBEDDERS
+
+
+def _hub_family(name: str) -> str | None:
+    """A transformers model's model_type from its config, None where it has none to read (an
+    open_clip name, a bad path: loading the model reports that later, with its own line)."""
+    if name.startswith(OPEN_CLIP):
+        return None
+    from vlpipe.errors import ModelLoadError
+    from vlpipe.models.hf_load import load_config
+
+    try:
+        return load_config(name)[1].model_type
+    except ModelLoadError:
+        return None

@@ -22,7 +22,7 @@ from vlpipe.models.describe import describe_models
 from vlpipe.models.faces import check_detector
 from vlpipe.models.precision import Precision, resolve_precision
 from vlpipe.models.prompting import check_columns, model_fields
-from vlpipe.models.registry import bf16_measured_on_cpu, is_vlpipe_mini
+from vlpipe.models.registry import bf16_measured_on_cpu, runs_compiled_on_cpu
 from vlpipe.outputs.formats import output_format
 from vlpipe.pipeline.lease import acquire
 from vlpipe.pipeline.options import RunConfig, make_pipeline
@@ -50,11 +50,12 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> RunSummary:
     started = time.time()
     configure_retries(config.storage_retries)
     run_dir = RunDir(config.output)
-    models = describe_models(config.captioner, config.embedder, config.prompting)  # configs only
-    if config.detect_faces:
-        check_detector()  # one line now, not a failure row per image in the workers
     precision = driver_precision(config)
     config.backend = driver_backend(config, echo)
+    runtime = {"device": config.device, "precision": config.precision, "backend": config.backend}
+    models = describe_models(config.captioner, config.embedder, config.prompting, **runtime)
+    if config.detect_faces:
+        check_detector()  # one line now, not a failure row per image in the workers
     check_answer_columns(config)  # before the manifest: a refused run leaves nothing behind
     if config.scores:  # heads' shapes and classifiers' labels checked before any work
         from vlpipe.models.scorers import describe_scores
@@ -183,15 +184,16 @@ def forget_cached_listings(source: str) -> None:
 def driver_precision(config: RunConfig) -> Precision:
     """The precision `auto` resolves to on this machine, printed and recorded. Workers resolve
     it again on their own hardware (the same answer on the in-process runners)."""
-    measured = all(bf16_measured_on_cpu(n) for n in (config.captioner, config.embedder))
+    roles = ((config.captioner, "captioner"), (config.embedder, "embedder"))
+    measured = all(bf16_measured_on_cpu(name, role) for name, role in roles)
     return resolve_precision(_device_type(config), config.precision, bf16_measured=measured)
 
 
 def driver_backend(config: RunConfig, echo: Callable[[str], None]) -> str:
-    """The runtime of vlpipe-mini's tower (hub models run torch); a missing runtime is said once
-    here and the workers are handed torch."""
-    names = [n for n in (config.captioner, config.embedder) if n != "none"]
-    if not any(is_vlpipe_mini(n) for n in names):
+    """The runtime of vlpipe-mini's tower and hub CLIP / SigLIP image towers (other models run
+    torch); a missing runtime is said once here and the workers are handed torch."""
+    roles = ((config.captioner, "captioner"), (config.embedder, "embedder"))
+    if not any(runs_compiled_on_cpu(name, role) for name, role in roles):
         return "torch"
     return resolve_backend(config.backend, _device_type(config), warn=echo)
 

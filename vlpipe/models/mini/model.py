@@ -177,7 +177,7 @@ class MiniModel(CaptionEmbedder):
             size = self.image_size
             key = f"{self._fingerprint}-{self.tower_name}-grid{size}"
             self._compiled_grid = compile_module(
-                TowerGrid(self._fp32_tower()),
+                lambda: TowerGrid(self._fp32_tower()),
                 torch.zeros(2, 3, size, size),
                 key,
                 "bf16" if self.dtype == torch.bfloat16 else "fp32",
