@@ -4,8 +4,11 @@
    `bench.hf_tiny.build_full_size_clip_b32`): `vlpipe run CSV --output O --captioner none
    --embedder CLIP_DIR --no-index --no-progress --batch-size 32` vs `clip-retrieval inference`
    (the PyPI package) on the same images with the same weights, `--input_format files --enable_text
-   False --enable_metadata False --batch_size 32 --num_prepro_workers 2`, on CPU. Goal: vlpipe at
-   least 1.5x clip-retrieval's images/s.
+   False --enable_metadata False --batch_size 32 --num_prepro_workers 2`, on CPU. Goal (issue 24
+   part 5): vlpipe at least 3x clip-retrieval's images/s. vlpipe runs with its defaults
+   (`--precision auto --backend auto`: on CPU the image tower as an OpenVINO graph, bf16 where
+   the CPU has it natively; docs/precision.md); its first run on a machine converts the tower and
+   caches the graph (VLPIPE_CACHE), which lands in round 0 and the median round leaves out.
 2. vlpipe-mini embeddings only (`--captioner none`) vs the same run with captions too (both mini).
    Goal: at least 1.25x.
 
@@ -263,7 +266,7 @@ def run(args) -> dict:
     report.add(
         Figure(
             "embeddings only, CLIP B/32, end to end", rate["vlpipe-clip"],
-            rate["clip-retrieval"], "clip-retrieval inference", "images/s", goal=1.5,
+            rate["clip-retrieval"], "clip-retrieval inference", "images/s", goal=3.0,
             note="same random full-size CLIP ViT-B/32 and images; process start to exit",
         )
     )  # fmt: skip

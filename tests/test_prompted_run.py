@@ -151,7 +151,7 @@ def test_candidates_keep_the_embedders_best(prompted_dirs, prompted_corpus, tmp_
     schema = pq.read_schema(RunDir(str(out)).fs.open(RunDir(str(out)).parts()[0]))
     assert str(schema.field("caption_score").type) == "float"
     cap = load_captioner(prompted_dirs["llava"], device="cpu")
-    emb = load_embedder(prompted_dirs["clip"], device="cpu")
+    emb = load_embedder(prompted_dirs["clip"], device="cpu", backend="auto")  # as the run embeds
     picked_other_than_first = 0
     for row in rows:
         pil = Image.open(row["uri"]).convert("RGB")
