@@ -16,7 +16,7 @@ from tests.helpers.paths import REPO
 
 BENCH = REPO / "bench"
 #: smoke modes that read ../shared/datasets (skipped where a clone has none)
-NEEDS_SHARED = {"quality_agreement", "faces", "cpu_default", "gpu"}
+NEEDS_SHARED = {"quality_agreement", "faces", "cpu_default", "gpu", "dedup_quality"}
 #: smoke modes that take minutes, not seconds (measured on the 2-core machine while other work
 #: ran: gpu 319 s, faces 207 s, models_cpu 186 s, cpu_default 177 s, quality_agreement 99 s),
 #: or that repeat a path a default one covers at the cost of more processes (measured at load 8:

@@ -6,8 +6,11 @@ import click
 
 from vlpipe.dedup.run import (
     DEFAULT_METHOD,
+    DEFAULT_NEAR_PHASH_DISTANCE,
+    DEFAULT_NEAR_THRESHOLD,
     DEFAULT_PHASH_DISTANCE,
     DEFAULT_THRESHOLD,
+    MAX_NEAR_PHASH_DISTANCE,
     MAX_PHASH_DISTANCE,
 )
 
@@ -36,6 +39,22 @@ from vlpipe.dedup.run import (
     show_default=True,
     help=f"Most phash bits (of 64) a duplicate pair differs in, 0..{MAX_PHASH_DISTANCE}.",
 )
+@click.option(
+    "--near-threshold",
+    type=float,
+    default=DEFAULT_NEAR_THRESHOLD,
+    show_default=True,
+    help="With --method both: a pair with a cosine from this up to --threshold pairs too when "
+    "one is among the other's 16 nearest and their phash agree (--near-phash-distance). "
+    "At or above --threshold: off.",
+)
+@click.option(
+    "--near-phash-distance",
+    type=int,
+    default=DEFAULT_NEAR_PHASH_DISTANCE,
+    show_default=True,
+    help=f"Most phash bits a --near-threshold pair differs in, 0..{MAX_NEAR_PHASH_DISTANCE}.",
+)
 @click.option("--keep-list", default=None, help="Write the image_ids to keep, one per line.")
 @click.option("--full", is_flag=True, help="Compare every row again, not only new ones.")
 @click.option("--no-report", is_flag=True, help="Skip OUT/dedup/report.html.")
@@ -45,6 +64,8 @@ def command(
     method: str,
     threshold: float,
     phash_distance: int,
+    near_threshold: float,
+    near_phash_distance: int,
     keep_list: str | None,
     full: bool,
     no_report: bool,
@@ -54,7 +75,13 @@ def command(
     from vlpipe.api import Run
     from vlpipe.dedup.output import write_keep_list
 
-    options = {"method": method, "threshold": threshold, "phash_distance": phash_distance}
+    options = {
+        "method": method,
+        "threshold": threshold,
+        "phash_distance": phash_distance,
+        "near_threshold": near_threshold,
+        "near_phash_distance": near_phash_distance,
+    }
     summary = Run(run_dir).dedup(**options, full=full)
     if as_json:
         import json
@@ -80,14 +107,11 @@ def command(
 
 
 def summary_line(s: dict) -> str:
+    from vlpipe.dedup.report import rule
+
     how = ", ".join(f"{n} by {m}" for m, n in s["by_method"].items() if n)
-    rule = {
-        "embedding": f"cosine >= {s['threshold']}",
-        "phash": f"phash <= {s['phash_distance']} bits",
-        "both": f"cosine >= {s['threshold']} or phash <= {s['phash_distance']} bits",
-    }[s["method"]]
     return (
         f"{s['images']} images: {s['duplicates']} duplicates in {s['clusters']} clusters"
-        f"{f' ({how})' if how else ''}; keep {s['kept']} [{rule}; {s['run']}, "
+        f"{f' ({how})' if how else ''}; keep {s['kept']} [{rule(s, short=True)}; {s['run']}, "
         f"{s['new_rows']} rows compared, {s['seconds']:.1f} s]"
     )

@@ -7,11 +7,16 @@ numbers. Every query row asks for its K nearest; a row whose K-th neighbour stil
 threshold asks again with a range search, so the edges found are every pair above the threshold
 that the index reaches, not a top-K cut of them (which is what makes an incremental run, that
 queries only new rows, find the same pairs as a full run).
+
+A `Band` adds pairs just below the threshold when a second signal agrees (`Band.verify`): they
+are looked for among each query row's K nearest only, never by range, so the band costs no
+search of its own (a copy's original is among its nearest; a clump of look-alikes is not asked
+for all of its members).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +46,14 @@ class Found:
         if not self.a:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         return np.concatenate(self.a), np.concatenate(self.b), np.concatenate(self.sim)
+
+
+@dataclass(frozen=True)
+class Band:
+    """Pairs with lower <= similarity < the threshold, kept where verify(rows_a, rows_b) holds."""
+
+    lower: float
+    verify: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class Space:
@@ -109,10 +122,12 @@ def query(
     threshold: float,
     nearest: np.ndarray,
     nearest_sim: np.ndarray,
+    band: Band | None = None,
 ) -> Found:
-    """Every pair (query row, other row) with similarity >= threshold; records each query row's
-    nearest other row in `nearest`/`nearest_sim`, and raises an other row's nearest when a query
-    row is closer to it than what it had (so old rows learn of new neighbours)."""
+    """Every pair (query row, other row) with similarity >= threshold, and the verified `band`
+    pairs among the K nearest; records each query row's nearest other row in
+    `nearest`/`nearest_sim`, and raises an other row's nearest when a query row is closer to it
+    than what it had (so old rows learn of new neighbours)."""
     found = Found()
     for rows, x in batches:
         found.queried += len(rows)
@@ -126,7 +141,17 @@ def query(
         found.add(rows[q], ids[q, j], sims[q, j])
         if full.any():
             _add_range(space, rows[full], x[full], threshold, found)
+        if band is not None:
+            _add_band(rows, sims, ids, passing, band, found)
     return found
+
+
+def _add_band(rows, sims, ids, passing, band: Band, found: Found) -> None:
+    q, j = np.nonzero((sims >= band.lower) & ~passing)
+    if len(q):
+        a, b = rows[q], ids[q, j]
+        ok = band.verify(a, b)
+        found.add(a[ok], b[ok], sims[q, j][ok])
 
 
 def _record_nearest(rows, sims, ids, nearest, nearest_sim) -> None:

@@ -284,13 +284,21 @@ def _stats(s: dict) -> str:
     return f'<dl class="stats">{cells}</dl>\n<p class="rule">{escape(rule(s))}</p>\n'
 
 
-def rule(s: dict) -> str:
-    """What counted as a duplicate, in words."""
-    cos = f"embedding cosine >= {s.get('threshold')}"
-    bits = f"phash differs in <= {s.get('phash_distance')} of 64 bits"
-    how = {"embedding": cos, "phash": bits, "both": f"{cos} or {bits}"}.get(
-        s.get("method"), str(s.get("method"))
+def rule(s: dict, short: bool = False) -> str:
+    """What counted as a duplicate, in words (`short`: the CLI's summary line)."""
+    cos = (
+        f"cosine >= {s.get('threshold')}" if short else f"embedding cosine >= {s.get('threshold')}"
     )
+    bits = f"phash <= {s.get('phash_distance')} bits"
+    if not short:
+        bits = f"phash differs in <= {s.get('phash_distance')} of 64 bits"
+    both = f"{cos} or {bits}"
+    if s.get("near_threshold") is not None:  # the verified band (summaries from before: none)
+        both += (f" or (cosine >= {s['near_threshold']} among the 16 nearest and phash"
+                 f" <= {s['near_phash_distance']} bits)")  # fmt: skip
+    how = {"embedding": cos, "phash": bits, "both": both}.get(s.get("method"), str(s.get("method")))
+    if short:
+        return how
     return f"method {s.get('method')}: {how}; identical bytes (sha256) always"
 
 

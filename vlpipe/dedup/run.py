@@ -1,11 +1,15 @@
 """`vlpipe dedup OUT`: near-duplicate clusters of a run's rows.
 
 Signals: exact bytes (sha256, always), the perceptual hash (phash bits) and the embedding
-(cosine). Pairs above the thresholds are found with FAISS (vlpipe.dedup.neighbours), joined
-into connected components (vlpipe.dedup.graph) and written to OUT/dedup/ (vlpipe.dedup.output,
-vlpipe.dedup.report). Memory: the index (exact, or 8-bit IVF codes: dim bytes a row) plus a few
-numbers and the image_id per row; vectors stream from the parts, and no other column is read.
-Incremental: a rerun after new parts landed queries only their rows (vlpipe.dedup.state).
+(cosine). With `both`, also a verified band: a pair among a row's nearest whose cosine is a
+little below the threshold (down to `near_threshold`) and whose phash bits agree more than
+chance (`near_phash_distance`) - the crops that move the hash past the phash rule and the
+embedding a little below its threshold. Pairs are found with FAISS (vlpipe.dedup.neighbours),
+joined into connected components (vlpipe.dedup.graph) and written to OUT/dedup/
+(vlpipe.dedup.output, vlpipe.dedup.report). Memory: the index (exact, or 8-bit IVF codes: dim
+bytes a row) plus a few numbers and the image_id per row; vectors stream from the parts, and no
+other column is read. Incremental: a rerun after new parts landed queries only their rows
+(vlpipe.dedup.state).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 
 from vlpipe.dedup import neighbours, output, state
 from vlpipe.dedup.graph import EMBEDDING, METHODS, PHASH, Edges, cluster, sha_edges
-from vlpipe.dedup.neighbours import Space
+from vlpipe.dedup.neighbours import Band, Space
 from vlpipe.dedup.signals import Signals, iter_part, part_rows, read_signals
 from vlpipe.errors import VlpipeError
 from vlpipe.index.adder import valid_vectors
@@ -37,9 +41,12 @@ __all__ = [
 ]
 
 DEFAULT_METHOD = "both"
-DEFAULT_THRESHOLD = 0.88  # embedding cosine (chosen by bench/dedup_quality.py)
+DEFAULT_THRESHOLD = 0.88  # embedding cosine (chosen by bench/dedup_quality.py on train photos)
 DEFAULT_PHASH_DISTANCE = 10  # bits of 64 (likewise)
+DEFAULT_NEAR_THRESHOLD = 0.80  # the verified band's lowest cosine (likewise)
+DEFAULT_NEAR_PHASH_DISTANCE = 26  # ... and the most phash bits its pairs differ in (likewise)
 MAX_PHASH_DISTANCE = 24  # beyond, unrelated photos share hashes
+MAX_NEAR_PHASH_DISTANCE = 31  # unrelated photos differ in 32 bits on average
 RETRAIN_GROWTH = 4
 QUERY_ROWS = 16384
 
@@ -50,6 +57,13 @@ class DedupOptions:
     threshold: float = DEFAULT_THRESHOLD
     phash_distance: int = DEFAULT_PHASH_DISTANCE
     full: bool = False  # ignore the saved state
+    near_threshold: float = DEFAULT_NEAR_THRESHOLD  # at or above threshold: no band
+    near_phash_distance: int = DEFAULT_NEAR_PHASH_DISTANCE
+
+    @property
+    def band(self) -> bool:
+        """Whether the verified band applies (it needs both signals)."""
+        return self.method == "both" and self.near_threshold < self.threshold
 
     @property
     def spaces(self) -> list[str]:
@@ -65,6 +79,13 @@ class DedupOptions:
         if not 0 <= self.phash_distance <= MAX_PHASH_DISTANCE:
             raise VlpipeError(
                 f"--phash-distance {self.phash_distance} is outside 0..{MAX_PHASH_DISTANCE} bits"
+            )
+        if not 0.0 < self.near_threshold <= 1.0:
+            raise VlpipeError(f"--near-threshold {self.near_threshold} is outside (0, 1]: a cosine")
+        if not 0 <= self.near_phash_distance <= MAX_NEAR_PHASH_DISTANCE:
+            raise VlpipeError(
+                f"--near-phash-distance {self.near_phash_distance} is outside"
+                f" 0..{MAX_NEAR_PHASH_DISTANCE} bits"
             )
 
 
@@ -106,6 +127,7 @@ def _settings(options: DedupOptions, manifest: dict) -> dict:
         "method": options.method,
         "threshold": options.threshold,
         "phash_distance": options.phash_distance,
+        "near": [options.near_threshold, options.near_phash_distance] if options.band else None,
         "embedder": fingerprint if "vectors" in options.spaces else None,
     }
 
@@ -157,7 +179,12 @@ class _Job:
         for rows, x in batches(self.n_old):
             space.add(rows, x)
         near, near_sim = (self.nearest, self.nearest_sim) if primary else _scratch(self.signals.n)
-        found = neighbours.query(space, batches(self.n_old), threshold, near, near_sim)
+        band = None
+        if name == "vectors" and options.band:
+            band = Band(
+                options.near_threshold, phash_agrees(self.signals, options.near_phash_distance)
+            )
+        found = neighbours.query(space, batches(self.n_old), threshold, near, near_sim, band)
         self.edges = self.edges.plus(Edges.of(*found.arrays(), how))
         self.queried[name] = found.queried
         self.spaces[name] = space
@@ -235,6 +262,17 @@ def informative(phash: np.ndarray) -> np.ndarray:
     return (bits > 2) & (bits < 62)
 
 
+def phash_agrees(signals: Signals, distance: int):
+    """The band's check: both rows have an informative phash, at most `distance` bits apart."""
+    usable = signals.has_phash & informative(signals.phash)
+
+    def verify(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        bits = np.bitwise_count(signals.phash[a] ^ signals.phash[b])
+        return usable[a] & usable[b] & (bits <= distance)
+
+    return verify
+
+
 def _sample(batches: Iterator[tuple[np.ndarray, np.ndarray]], n: int, size: int = 262_144):
     """Every k-th item so the sample spreads over all parts (only IVF training needs it)."""
     if n <= neighbours.EXACT_MAX:
@@ -261,6 +299,8 @@ def _summary(signals, clusters, job, options, reason, seconds) -> dict:
         "method": options.method,
         "threshold": options.threshold,
         "phash_distance": options.phash_distance,
+        "near_threshold": options.near_threshold if options.band else None,
+        "near_phash_distance": options.near_phash_distance if options.band else None,
         "run": reason,
         "new_rows": signals.n - job.n_old,
         "queried": job.queried,
