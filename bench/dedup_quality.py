@@ -11,7 +11,7 @@ real Flickr8k photos (bench/dedup_set.py), with the default threshold chosen wit
    among 1,200 images becomes thousands among a million), and the method with the best recall
    is the default. `both+near` is `both` at its chosen setting plus the verified band (a pair
    among a row's 16 nearest with cosine >= near and phash <= near bits), its two settings
-   chosen the same way.
+   chosen the same way among the phash bounds that chance rarely meets (CHANCE_PAIRS_PER_ROW).
 3. On `report`, once: each method at its chosen setting, and `vlpipe dedup` with its defaults
    (checked to be the chosen ones), scored from the clusters.parquet it writes. A pair is two
    images of the same cluster; recall per transform is the share of copies in their original's
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import posixpath
 import shutil
 import subprocess
@@ -49,8 +50,13 @@ THRESHOLDS = {
 }
 NEAR = {
     "threshold": [float(round(x, 2)) for x in np.arange(0.76, 0.87, 0.02)],
-    "phash": list(range(20, 31, 2)),
+    "phash": list(range(16, 31, 2)),
 }
+#: the band's phash bound must keep chance low at scale: two unrelated hashes agree within V
+#: bits with probability p(V) = P(Binomial(64, 1/2) <= V), and a row checks up to 16 neighbours
+#: (and is checked by as many), so it gains 2 * 16 * p(V) chance pairs; at most this many
+#: (well below 1, where chance pairs would chain into giant clusters in dense regions)
+CHANCE_PAIRS_PER_ROW = 0.1
 SETS = {"tune": ("train", 1), "report": ("dev", 0)}
 
 
@@ -161,13 +167,19 @@ def choose(scorer: Scorer) -> dict:
         chosen[method] = {"threshold": t, "phash_distance": d, "tune": s}
     both = chosen["both"]
     scored = []
-    for near in ((c, b) for c in NEAR["threshold"] for b in NEAR["phash"]):
+    bits = [b for b in NEAR["phash"] if 2 * neighbours.K * chance(b) <= CHANCE_PAIRS_PER_ROW]
+    for near in ((c, b) for c in NEAR["threshold"] for b in bits):
         links = scorer.links("both", both["threshold"], both["phash_distance"], near)
         s = scorer.score(scorer.components(links))
         scored.append((-s["false_pairs"], s["recall"], near[0], -near[1], near, s))
     *_, near, s = max(scored, key=lambda x: x[:4])  # ties: the stricter band
     chosen["both+near"] = {**both, "near": list(near), "tune": s}
     return chosen
+
+
+def chance(bits: int) -> float:
+    """P(two unrelated 64-bit hashes differ in at most `bits` bits)."""
+    return sum(math.comb(64, k) for k in range(bits + 1)) / 2**64
 
 
 def settings(method: str, c: dict) -> dict:

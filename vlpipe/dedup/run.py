@@ -43,8 +43,11 @@ __all__ = [
 DEFAULT_METHOD = "both"
 DEFAULT_THRESHOLD = 0.88  # embedding cosine (chosen by bench/dedup_quality.py on train photos)
 DEFAULT_PHASH_DISTANCE = 10  # bits of 64 (likewise)
-DEFAULT_NEAR_THRESHOLD = 0.80  # the verified band's lowest cosine (likewise)
-DEFAULT_NEAR_PHASH_DISTANCE = 26  # ... and the most phash bits its pairs differ in (likewise)
+DEFAULT_NEAR_THRESHOLD = 0.78  # the verified band's lowest cosine (likewise)
+#: ... and the most phash bits its pairs differ in: two unrelated hashes agree this well with
+#: probability 0.0018, so a row's 16 neighbours (and the rows it is a neighbour of) add about
+#: 0.06 chance pairs - too few to chain into clusters (at 26 bits: 2.7, and they do)
+DEFAULT_NEAR_PHASH_DISTANCE = 20
 MAX_PHASH_DISTANCE = 24  # beyond, unrelated photos share hashes
 MAX_NEAR_PHASH_DISTANCE = 31  # unrelated photos differ in 32 bits on average
 RETRAIN_GROWTH = 4
