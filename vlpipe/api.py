@@ -191,7 +191,7 @@ class Run:
 
     def dedup(self, **options) -> dict:
         """Group near-duplicates (`vlpipe dedup`); options as DedupOptions (method, threshold,
-        phash_distance, full). Its summary.json content."""
+        phash_distance, near_threshold, near_phash_distance, full). Its summary.json content."""
         from vlpipe.dedup.run import DedupOptions, dedup
 
         fields = {f.name for f in dataclasses.fields(DedupOptions)}
