@@ -2,6 +2,7 @@
 
     python -m bench                      # all, full size (about 1.5 hours on 2 busy CPU cores)
     python -m bench --quick              # all, small sizes (about 15 minutes)
+    python -m bench --smoke              # all, tiny sizes: every code path, nothing published
     python -m bench decode e2e           # a subset, by name
     python -m bench e2e --model DIR      # another vlpipe-mini directory
 
@@ -48,7 +49,11 @@ def argv_for(name: str, args: argparse.Namespace) -> list[str] | None:
     if not (REPO / (module.replace(".", "/") + ".py")).exists():
         return None
     argv = [sys.executable, "-m", module]
-    if args.quick and accepts(module, "--quick"):
+    if args.smoke:
+        if not accepts(module, "--smoke"):
+            return None
+        argv.append("--smoke")
+    elif args.quick and accepts(module, "--quick"):
         argv.append("--quick")
     if takes_model and args.model:
         argv += ["--model", args.model]
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="small sizes, one round")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, nothing published")
     parser.add_argument("--model", help="vlpipe-mini model for e2e/scaling/profile (default mini)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         cmd = argv_for(name, args)
         if cmd is None:
-            print(f"\n== {name}: {BENCHMARKS[name][0]} is not in this checkout; skipped ==")
+            why = "has no --smoke mode" if args.smoke else "is not in this checkout"
+            print(f"\n== {name}: {BENCHMARKS[name][0]} {why}; skipped ==")
             continue
         print(f"\n== {name}: {' '.join(['python', *cmd[1:]])} ==", flush=True)
         t0 = time.time()

@@ -13,6 +13,7 @@ what only the words say?
    PRODUCT_QUERIES, how many of the 10 each mode returns in its top 10.
 
     python -m bench.hybrid [--quick]
+    python -m bench.hybrid --smoke   # 8 of examples/images and their captions, nothing published
 
 Skips (exit 0, one line) where the Flickr8k copy at ../shared/datasets/flickr8k is absent.
 """
@@ -29,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, SCRATCH, Figure, Report
+from bench.common import REPO, SCRATCH, Figure, Report, result_name
+from bench.mini_lowres import EXAMPLES, sample_names
 
 NAME = "hybrid"
 TITLE = "Hybrid search: Flickr8k dev text-to-image recall by mode, and words only the alt text has"
@@ -44,28 +46,31 @@ PRODUCT_ITEMS = ("desk lamp", "travel mug", "backpack", "sneakers", "water bottl
 PRODUCT_QUERIES = ("zorblax", "a zorblax on a table")
 
 
-def dev_split(limit: int | None) -> tuple[list[str], dict[str, list[str]]]:
-    """Dev image names in file order (as tests/conftest.py `flickr_split` reads them) and their
-    reference captions."""
+def dev_names(limit: int | None) -> list[str]:
+    """Dev image names in file order (as tests/conftest.py `flickr_split` reads them)."""
     names = []
     for line in (FLICKR / "splits.csv").read_text().splitlines()[1:]:
         name, split = line.rsplit(",", 1)
         if split == "dev":
             names.append(name)
-    names = names[:limit] if limit else names
+    return names[:limit] if limit else names
+
+
+def references(data: Path, names: list[str]) -> dict[str, list[str]]:
+    """Each image's reference captions, from data/captions.csv."""
     refs: dict[str, list[str]] = {n: [] for n in names}
-    with open(FLICKR / "captions.csv", newline="", encoding="utf-8") as f:
+    with open(data / "captions.csv", newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             if row["image"] in refs:
                 refs[row["image"]].append(row["caption"])
-    return names, refs
+    return refs
 
 
-def write_manifest(path: Path, names: list[str], tagged: dict[str, str] | None) -> Path:
+def write_manifest(path: Path, uris: list[str], names: list[str], tagged: dict | None) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = {"uri": [str(FLICKR / "images" / n) for n in names]}
+    columns = {"uri": uris}
     if tagged is not None:
         columns["text"] = [tagged.get(n) for n in names]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,19 +171,24 @@ def product_table(searcher, tagged: dict[str, str]) -> dict:
 def run(args) -> dict:
     from vlpipe.search.searcher import Searcher
 
-    report = Report(NAME, TITLE)
-    names, refs = dev_split(args.images)
-    plain = write_manifest(ROOT / "dev.parquet", names, None)
+    report = Report(result_name(NAME, args.smoke), TITLE)
+    data, root = (EXAMPLES, SCRATCH / f"{NAME}-smoke") if args.smoke else (FLICKR, ROOT)
+    names = sample_names(args.images) if args.smoke else dev_names(args.images)
+    refs = references(data, names)
+    if args.smoke:  # one query per image: the same code paths, a fifth of the searches
+        refs = {n: r[:1] for n, r in refs.items()}
+    uris = [str(data / "images" / n) for n in names]
+    plain = write_manifest(root / "dev.parquet", uris, names, None)
     tagged = {n: f"{PRODUCT} {item}"
               for n, item in zip(names[::TAGGED_EVERY], PRODUCT_ITEMS, strict=False)}  # fmt: skip
-    with_alt = write_manifest(ROOT / "dev-alt.parquet", names, tagged)
+    with_alt = write_manifest(root / "dev-alt.parquet", uris, names, tagged)
 
-    runs = {"plain": vlpipe_run(plain, ROOT / "out-plain")}
-    searcher = Searcher.open(str(ROOT / "out-plain"))
+    runs = {"plain": vlpipe_run(plain, root / "out-plain")}
+    searcher = Searcher.open(str(root / "out-plain"))
     runs["plain"]["keyword_index"] = searcher.meta.get("keyword")
-    recall = recall_table(searcher, ROOT / "out-plain", names, refs)
-    runs["alt"] = vlpipe_run(with_alt, ROOT / "out-alt")
-    alt = Searcher.open(str(ROOT / "out-alt"))
+    recall = recall_table(searcher, root / "out-plain", names, refs)
+    runs["alt"] = vlpipe_run(with_alt, root / "out-alt")
+    alt = Searcher.open(str(root / "out-alt"))
     runs["alt"]["keyword_index"] = alt.meta.get("keyword")
     product = product_table(alt, tagged)
 
@@ -265,17 +275,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hybrid", description=TITLE)
     parser.add_argument("--images", type=int, default=None, help="first N dev images (all)")
     parser.add_argument("--quick", action="store_true", help="the first 200 dev images")
+    parser.add_argument("--smoke", action="store_true", help="8 of examples/images")
     args = parser.parse_args(argv)
     if args.quick:
         args.images = args.images or 200
-    if not (FLICKR / "captions.csv").exists():
+    if args.smoke:
+        args.images = 8
+    elif not (FLICKR / "captions.csv").exists():
         print(f"bench.hybrid: skipped: needs the Flickr8k copy at {FLICKR} (absent here)")
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    shutil.rmtree(ROOT, ignore_errors=True)
+    shutil.rmtree(SCRATCH / f"{NAME}-smoke" if args.smoke else ROOT, ignore_errors=True)
     from bench.report import run_and_publish
 
-    return run_and_publish(NAME, lambda: run(args))
+    return run_and_publish(NAME, lambda: run(args), args.smoke)
 
 
 if __name__ == "__main__":

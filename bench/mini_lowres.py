@@ -9,6 +9,7 @@ set goes through `vlpipe run` and `vlpipe eval` against the dev reference captio
 model given (default: the shipped weights).
 
     python -m bench.mini_lowres [--model mini|DIR]
+    python -m bench.mini_lowres --smoke   # 6 of examples/images, nothing published
 """
 
 from __future__ import annotations
@@ -16,18 +17,31 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from bench.common import REPO, SCRATCH, Figure, Report
+from bench.common import REPO, SCRATCH, Figure, Report, result_name
 
 NAME = "mini_lowres"
 FLICKR = REPO.parent / "shared" / "datasets" / "flickr8k"
+EXAMPLES = REPO / "examples"  # the shipped sample photos and their captions (smoke runs)
 ROOT = SCRATCH / NAME
 SETS = ("dev", "lowres160", "long200")
+
+
+@dataclass(frozen=True)
+class Photos:
+    """The photos a run reads: a folder with images/ and captions.csv (Flickr8k, or the
+    repository's examples/ in a smoke run), the file names, and the scratch folder to use."""
+
+    data: Path
+    names: list[str]
+    root: Path
 
 
 def dev_names() -> list[str]:
@@ -35,17 +49,31 @@ def dev_names() -> list[str]:
         return sorted(r["image"] for r in csv.DictReader(f) if r["split"] == "dev")
 
 
-def render(kind: str, names: list[str]) -> Path:
-    """The set's folder: dev itself, or its rendering (made once)."""
+def sample_names(n: int) -> list[str]:
+    """The first n of the repository's sample photos (no Flickr8k needed)."""
+    return sorted(p.name for p in (EXAMPLES / "images").glob("*.jpg"))[:n]
+
+
+def photos(smoke: bool, name: str = NAME, n: int = 6) -> Photos:
+    """Flickr8k dev, or (smoke) n sample photos in a fresh scratch folder of their own."""
+    if not smoke:
+        return Photos(FLICKR, dev_names(), SCRATCH / name)
+    root = SCRATCH / f"{name}-smoke"
+    shutil.rmtree(root, ignore_errors=True)  # nothing cached: every step runs
+    return Photos(EXAMPLES, sample_names(n), root)
+
+
+def render(kind: str, p: Photos) -> Path:
+    """The set's folder: the photos themselves, or their rendering (made once)."""
     if kind == "dev":
-        return FLICKR / "images"
-    folder = ROOT / kind
+        return p.data / "images"
+    folder = p.root / kind
     done = folder / ".complete"
     if done.exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        with Image.open(FLICKR / "images" / name) as im:
+    for name in p.names:
+        with Image.open(p.data / "images" / name) as im:
             im = im.convert("RGB")
             w, h = im.size
             if kind == "lowres160":
@@ -60,39 +88,45 @@ def render(kind: str, names: list[str]) -> Path:
     return folder
 
 
-def manifest(kind: str, names: list[str]) -> Path:
-    """A manifest of the set's dev files only (the Flickr8k folder holds every split)."""
-    folder = render(kind, names)
-    path = ROOT / f"{kind}.csv"
+def manifest(kind: str, p: Photos) -> Path:
+    """A manifest of the set's chosen files only (the Flickr8k folder holds every split)."""
+    folder = render(kind, p)
+    path = p.root / f"{kind}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("uri\n" + "".join(f"{folder / n}\n" for n in names))
+    path.write_text("uri\n" + "".join(f"{folder / n}\n" for n in p.names))
     return path
 
 
-def measure(kind: str, model: str, names: list[str]) -> dict:
-    out = ROOT / f"out-{kind}-{Path(model).name}"
-    vlpipe = [sys.executable, "-m", "vlpipe"]
+def evaluate(out: Path, p: Photos) -> dict:
+    """`vlpipe eval` of a run against the photos' reference captions."""
+    proc = subprocess.run([sys.executable, "-m", "vlpipe", "eval", str(out), "--captions",
+                           str(p.data / "captions.csv"), "--device", "cpu", "--json"],
+                          check=True, cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(kind: str, model: str, p: Photos) -> dict:
+    out = p.root / f"out-{kind}-{Path(model).name}"
     if not (out / "_SUCCESS").exists():
-        subprocess.run([*vlpipe, "run", str(manifest(kind, names)), "--output", str(out),
-                        "--captioner", model, "--embedder", model, "--no-index",
+        subprocess.run([sys.executable, "-m", "vlpipe", "run", str(manifest(kind, p)), "--output",
+                        str(out), "--captioner", model, "--embedder", model, "--no-index",
                         "--no-progress", "--overwrite"], check=True, cwd=REPO,
                        stdout=subprocess.DEVNULL)  # fmt: skip
-    proc = subprocess.run([*vlpipe, "eval", str(out), "--captions", str(FLICKR / "captions.csv"),
-                           "--device", "cpu", "--json"], check=True, cwd=REPO,
-                          capture_output=True, text=True)  # fmt: skip
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return evaluate(out, p)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.mini_lowres")
     parser.add_argument("--model", default="mini")
+    parser.add_argument("--smoke", action="store_true", help="6 sample photos, nothing published")
     args = parser.parse_args(argv)
-    if not (FLICKR / "splits.csv").exists():
+    if not args.smoke and not (FLICKR / "splits.csv").exists():
         print(f"skipped: no Flickr8k copy at {FLICKR}")
         return 0
-    report = Report(NAME, f"vlpipe-mini ({args.model}) on dev and low-resolution renderings")
-    names = dev_names()
-    scores = {kind: measure(kind, args.model, names) for kind in SETS}
+    title = f"vlpipe-mini ({args.model}) on dev and low-resolution renderings"
+    report = Report(result_name(NAME, args.smoke), title)
+    p = photos(args.smoke)
+    scores = {kind: measure(kind, args.model, p) for kind in SETS}
     keys = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "bleu4", "cider")
     print("| set | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
@@ -103,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         note = "issue 17: at most 0.02 below dev"
         report.add(Figure(f"t2i R@1, {kind} vs dev", r1, scores["dev"]["t2i_r1"], "dev", note=note))
     report.details = {"model": args.model, "scores": scores}
-    report.finish()
+    result = report.finish()
+    if args.smoke:
+        from bench.report import smoke_block
+
+        smoke_block(NAME, result)
     return 0
 
 

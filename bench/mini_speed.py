@@ -9,6 +9,7 @@ median round counts. images/s is what `vlpipe run` reports for its own run (list
 inference, write), so model load and interpreter start are outside it.
 
     python -m bench.mini_speed --model DIR [--baseline mini|DIR] [--images 256] [--rounds 2]
+    python -m bench.mini_speed --smoke   # 4 of examples/images, 1 round, nothing published
 """
 
 from __future__ import annotations
@@ -21,20 +22,20 @@ import statistics
 import subprocess
 import sys
 
-from bench.common import REPO, SCRATCH, Figure, Report
-from bench.mini_lowres import FLICKR, dev_names
+from bench.common import REPO, SCRATCH, Figure, Report, result_name
+from bench.mini_lowres import FLICKR, photos
 
 NAME = "mini_speed"
 ROOT = SCRATCH / NAME
 RATE = re.compile(r"processed (\d+) in ([\d.]+) s \(([\d.]+) images/s\)")
 
 
-def photos(n: int) -> str:
-    """A manifest of the first n dev photos (read in place)."""
-    ROOT.mkdir(parents=True, exist_ok=True)
-    path = ROOT / f"dev-{n}.csv"
-    names = dev_names()[:n]
-    path.write_text("uri\n" + "".join(f"{FLICKR / 'images' / x}\n" for x in names))
+def manifest(n: int, smoke: bool) -> str:
+    """A manifest of the first n dev photos (read in place); sample photos in a smoke run."""
+    p = photos(smoke, NAME, n)
+    p.root.mkdir(parents=True, exist_ok=True)
+    path = p.root / f"photos-{n}.csv"
+    path.write_text("uri\n" + "".join(f"{p.data / 'images' / x}\n" for x in p.names[:n]))
     return str(path)
 
 
@@ -59,24 +60,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="mini")
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="4 sample photos, 1 round")
     args = parser.parse_args(argv)
-    if not (FLICKR / "splits.csv").exists():
+    if args.smoke:
+        args.images, args.rounds = 4, 1
+    elif not (FLICKR / "splits.csv").exists():
         print(f"skipped: no Flickr8k copy at {FLICKR}")
         return 0
-    report = Report(NAME, f"vlpipe-mini throughput: {args.model} vs {args.baseline}")
-    manifest = photos(args.images)
+    title = f"vlpipe-mini throughput: {args.model} vs {args.baseline}"
+    report = Report(result_name(NAME, args.smoke), title)
+    csv = manifest(args.images, args.smoke)
     rates: dict[str, list[float]] = {args.model: [], args.baseline: []}
     for r in range(args.rounds):
         order = [args.model, args.baseline][:: 1 if r % 2 == 0 else -1]
         for model in order:
-            rates[model].append(images_per_second(model, manifest))
+            rates[model].append(images_per_second(model, csv))
             print(f"round {r + 1}: {model} {rates[model][-1]:.1f} images/s")
     cand, base = (statistics.median(rates[m]) for m in (args.model, args.baseline))
     report.add(Figure("vlpipe run, captions + embeddings, 1 intra-op thread", cand,
                       base, args.baseline, "images/s",
                       note=f"issue 17: at least 10 images/s (candidate {cand:.1f})"))  # fmt: skip
     report.details = {"images": args.images, "rates": rates}
-    report.finish()
+    result = report.finish()
+    if args.smoke:
+        from bench.report import smoke_block
+
+        smoke_block(NAME, result)
     return 0
 
 

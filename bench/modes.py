@@ -31,6 +31,8 @@ MKL_NUM_THREADS: see bench/e2e on why one thread on a shared 2-core machine) and
 (CUDA_VISIBLE_DEVICES is empty). Rounds run in rotating order; the median round counts.
 
     python -m bench.modes [--images 256] [--rounds 3] [--torch-threads 1] [--quick]
+    python -m bench.modes --smoke   # 4 sample images, 1 round, nothing published (the first
+                                    # run makes clip-retrieval's venv and the CLIP: minutes)
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ from bench.clip_retrieval import (
     clip_retrieval_view,
     image_folder,
 )
-from bench.common import REPO, SCRATCH, Figure, Report, run_child
-from bench.corpus import describe, ensure, manifest
+from bench.common import REPO, SCRATCH, Figure, Report, result_name, run_child
+from bench.corpus import corpus_args, describe, ensure, manifest
 
 NAME = "modes"
 TITLE = "Task modes on CPU: embeddings only vs clip-retrieval, and vs captions + embeddings"
@@ -221,8 +223,8 @@ def agreement(a: dict, b: dict) -> dict:
 
 
 def measure(args) -> dict:
-    paths = ensure(args.images, "mixed")
-    csv = manifest(args.images, "mixed")
+    paths = ensure(args.images, "mixed", **corpus_args(args.smoke))
+    csv = manifest(args.images, "mixed", **corpus_args(args.smoke))
     folder = image_folder(paths, ROOT)
     model = clip_dir()
     cr_python = clip_retrieval_python()
@@ -260,7 +262,7 @@ def median_rate(runs: list[dict]) -> float:
 
 
 def run(args) -> dict:
-    report = Report(NAME, TITLE)
+    report = Report(result_name(NAME, args.smoke), TITLE)
     m = measure(args)
     rate = {name: median_rate(rs) for name, rs in m["runs"].items()}
     report.add(
@@ -367,9 +369,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="intra-op threads of every contender (0: torch's default, one per core)",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="64 images, 1 round")
+    parser.add_argument("--smoke", action="store_true", help="4 sample images, 1 round")
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.rounds = 64, 1
+    if args.smoke:
+        args.images, args.rounds = 4, 1
     return args
 
 
@@ -378,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from bench.report import run_and_publish
 
-    return run_and_publish(NAME, lambda: run(args))
+    return run_and_publish(NAME, lambda: run(args), args.smoke)
 
 
 if __name__ == "__main__":

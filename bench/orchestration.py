@@ -11,6 +11,7 @@
    first written part with 10 vs 1,000 tars (goal within 1.5x: planning does not walk the tars).
 
     python -m bench.orchestration [--sizes 100000,1000000,10000000] [--quick]
+    python -m bench.orchestration --smoke   # 100 and 400 rows, small tars, nothing published
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench.common import SCRATCH, Figure, Report, run_child
+from bench.common import SCRATCH, Figure, Report, result_name, run_child
 
 NAME = "orchestration"
 TITLE = "Orchestration at bucket scale: driver memory, time per input, tar bytes read"
@@ -142,13 +143,13 @@ def make_tars(folder: Path, count: int, images: int) -> list[Path]:
     return paths
 
 
-def tar_reads(report: Report, model: str) -> dict:
+def tar_reads(report: Report, model: str, per_tar: int = 1100, shard: int = 400) -> dict:
     """strace every read of the tars by every process of a `--workers 2` run."""
-    tars = make_tars(ROOT / "tars-2x1100", 2, 1100)
+    tars = make_tars(ROOT / f"tars-2x{per_tar}", 2, per_tar)
     out, log = ROOT / "out-tars", ROOT / "strace.log"
     shutil.rmtree(out, ignore_errors=True)
     argv = [*VLPIPE, str(tars[0].parent / "*.tar"), "--output", str(out), "--no-index",
-            "--no-progress", "--workers", "2", "--shard-size", "400", "--captioner", model,
+            "--no-progress", "--workers", "2", "--shard-size", str(shard), "--captioner", model,
             "--embedder", model]  # fmt: skip
     paths = [a for p in tars for a in ("-P", str(p))]
     trace = ["strace", "-f", "-qq", "-e", "trace=read,pread64", "-y", *paths, "-o", str(log)]
@@ -162,15 +163,16 @@ def tar_reads(report: Report, model: str) -> dict:
         m = re.match(r"(\d+)\s+p?read(?:64)?\(\d+<([^>]+)>.*\)\s+=\s+(\d+)", line)
         if m:
             by[(int(m.group(1)), m.group(2))] += int(m.group(3))
-    per_tar = {str(t): sum(b for (pid, p), b in by.items() if p == str(t)) / t.stat().st_size
-               for t in tars}  # fmt: skip
+    ratios = {str(t): sum(b for (pid, p), b in by.items() if p == str(t)) / t.stat().st_size
+              for t in tars}  # fmt: skip
     readers = {str(t): sorted({pid for (pid, p) in by if p == str(t)}) for t in tars}
     driver_bytes = sum(b for (pid, _), b in by.items() if pid == driver)
-    report.add(Figure("bytes read of each tar / its size (worst tar)", max(per_tar.values()),
+    report.add(Figure("bytes read of each tar / its size (worst tar)", max(ratios.values()),
                       1.0, "the tar's size", "x", goal=1.05, higher_is_better=False))  # fmt: skip
     report.add(Figure("tar bytes read by the driver", driver_bytes, 1.0, "one byte", "B",
                       goal=0.0, higher_is_better=False))  # fmt: skip
-    return {"per_tar": per_tar, "readers": {k: len(v) for k, v in readers.items()},
+    return {"per_tar": ratios, "images_per_tar": per_tar,
+            "readers": {k: len(v) for k, v in readers.items()},
             "driver_bytes": driver_bytes, "wall_s": round(wall, 1)}  # fmt: skip
 
 
@@ -206,12 +208,15 @@ def first_part(report: Report, model: str, counts: tuple[int, int]) -> dict:
 
 
 def run(args) -> dict:
-    report = Report(NAME, TITLE)
+    report = Report(result_name(NAME, args.smoke), TITLE)
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    per_tar, shard, counts = (12, 5, (2, 6)) if args.smoke else (1100, 400, (10, 1000))
+    runs = manifests(report, sizes)
+    tars = tar_reads(report, args.model, per_tar, shard) if shutil.which("strace") else None
     report.details = {
-        "manifests": manifests(report, sizes),
-        "tars": tar_reads(report, args.model) if shutil.which("strace") else "strace missing",
-        "first_part_s": first_part(report, args.model, (10, 1000)),
+        "manifests": runs,
+        "tars": tars or "strace missing",
+        "first_part_s": first_part(report, args.model, counts),
         "model": args.model,
     }
     return report.finish()
@@ -237,7 +242,8 @@ def markdown(result: dict) -> str:
     if isinstance(tars, dict):
         lines += [
             "",
-            f"Tars (2 x 1,100 images, `--workers 2`, strace): bytes read / size per tar"
+            f"Tars (2 x {tars.get('images_per_tar', 1100):,} images, `--workers 2`, strace):"
+            " bytes read / size per tar"
             f" {', '.join(f'{v:.3f}' for v in tars['per_tar'].values())}; processes reading each"
             f" tar {list(tars['readers'].values())}; driver read {tars['driver_bytes']} bytes.",
         ]
@@ -252,13 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100000,1000000,10000000")
     parser.add_argument("--model", default="mini")
     parser.add_argument("--quick", action="store_true", help="sizes 10000,100000")
+    parser.add_argument("--smoke", action="store_true", help="sizes 100,400, 2 x 12 tar images")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = "10000,100000"
+    if args.smoke:
+        args.sizes = "100,400"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from bench.report import run_and_publish
 
-    return run_and_publish(NAME, lambda: run(args))
+    return run_and_publish(NAME, lambda: run(args), args.smoke)
 
 
 if __name__ == "__main__":

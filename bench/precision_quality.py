@@ -3,12 +3,12 @@ photos through `vlpipe run` in fp32 and in bf16, then `vlpipe eval`, and the cos
 image's two embeddings. Quality, not speed: safe to run on a busy machine.
 
     python -m bench.precision_quality [--model mini|DIR] [--images N]
+    python -m bench.precision_quality --smoke   # 4 of examples/images, nothing published
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,48 +16,48 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from bench.common import REPO, SCRATCH, Figure, Report
-from bench.mini_lowres import FLICKR, dev_names, manifest
+from bench.common import REPO, Figure, Report, result_name
+from bench.mini_lowres import FLICKR, Photos, evaluate, manifest, photos
 
 NAME = "precision_quality"
-ROOT = SCRATCH / NAME
 KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "bleu4", "cider")
 
 
-def run_and_eval(precision: str, model: str, names: list[str]) -> tuple[dict, dict]:
-    out = ROOT / f"out-{precision}-{Path(model).name}-{len(names)}"
-    vlpipe = [sys.executable, "-m", "vlpipe"]
+def run_and_eval(precision: str, model: str, p: Photos) -> tuple[dict, dict]:
+    out = p.root / f"out-{precision}-{Path(model).name}-{len(p.names)}"
     if not (out / "_SUCCESS").exists():
-        subprocess.run([*vlpipe, "run", str(manifest("dev", names)), "--output", str(out),
-                        "--captioner", model, "--embedder", model, "--precision", precision,
-                        "--no-index", "--no-progress", "--overwrite",
+        subprocess.run([sys.executable, "-m", "vlpipe", "run", str(manifest("dev", p)),
+                        "--output", str(out), "--captioner", model, "--embedder", model,
+                        "--precision", precision, "--no-index", "--no-progress", "--overwrite",
                         "--embedding-dtype", "float32"],
                        check=True, cwd=REPO, stdout=subprocess.DEVNULL)  # fmt: skip
-    proc = subprocess.run([*vlpipe, "eval", str(out), "--captions", str(FLICKR / "captions.csv"),
-                           "--device", "cpu", "--json"], check=True, cwd=REPO,
-                          capture_output=True, text=True)  # fmt: skip
     rows = pq.read_table(out / "parts", columns=["uri", "embedding", "caption"]).to_pylist()
-    return json.loads(proc.stdout.strip().splitlines()[-1]), {r["uri"]: r for r in rows}
+    return evaluate(out, p), {r["uri"]: r for r in rows}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.precision_quality")
     parser.add_argument("--model", default="mini")
     parser.add_argument("--images", type=int, default=1000, help="first N dev photos")
+    parser.add_argument("--smoke", action="store_true", help="4 sample photos")
     args = parser.parse_args(argv)
-    if not (FLICKR / "splits.csv").exists():
+    if args.smoke:
+        args.images = 4
+    elif not (FLICKR / "splits.csv").exists():
         print(f"skipped: no Flickr8k copy at {FLICKR}")
         return 0
-    names = dev_names()[: args.images]
-    scores32, rows32 = run_and_eval("fp32", args.model, names)
-    scores16, rows16 = run_and_eval("bf16", args.model, names)
+    chosen = photos(args.smoke, NAME, args.images)
+    p = Photos(chosen.data, chosen.names[: args.images], chosen.root)
+    scores32, rows32 = run_and_eval("fp32", args.model, p)
+    scores16, rows16 = run_and_eval("bf16", args.model, p)
     uris = sorted(rows32.keys() & rows16.keys())
     a = np.array([rows32[u]["embedding"] for u in uris], dtype=np.float32)
     b = np.array([rows16[u]["embedding"] for u in uris], dtype=np.float32)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     same = sum(rows32[u]["caption"] == rows16[u]["caption"] for u in uris) / len(uris)
     report = Report(
-        NAME, f"vlpipe-mini ({args.model}) in bf16 against fp32 on {len(uris)} dev photos"
+        result_name(NAME, args.smoke),
+        f"vlpipe-mini ({args.model}) in bf16 against fp32 on {len(uris)} dev photos",
     )
     report.add(Figure("mean embedding cosine, bf16 vs fp32", float(cos.mean()), 1.0, "fp32",
                       goal=0.999, note="issue 24: >= 0.999"))  # fmt: skip
@@ -79,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         "cosine_min": float(cos.min()),
         "identical_captions": same,
     }
-    report.finish()
+    result = report.finish()
+    if args.smoke:
+        from bench.report import smoke_block
+
+        smoke_block(NAME, result)
     return 0
 
 

@@ -18,6 +18,7 @@ change) with the same data and the same proxy: the "before" figures. Its results
 bench/results/storage_requests-LABEL.json.
 
     python -m bench.storage_requests [--tree DIR --label before] [--quick]
+    python -m bench.storage_requests --smoke   # 2 tars of 4 images, 6 loose, nothing published
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.common import REPO, Figure, Report, load
+from bench.common import REPO, Figure, Report, load, result_name
 
 KINDS = ("HEAD", "LIST", "GET", "PUT", "POST", "DELETE")
 MARKERS = 100_000
@@ -65,19 +66,21 @@ print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 """
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", default=str(REPO), help="the vlpipe checkout to run")
     parser.add_argument("--label", default="", help="results name suffix (e.g. before)")
     parser.add_argument("--quick", action="store_true", help="small corpora, 10k markers")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="tiny corpora, 200 markers")
+    args = parser.parse_args(argv)
     tree = Path(args.tree).resolve()
     name = "storage_requests" + (f"-{args.label}" if args.label else "")
-    report = Report(name, TITLE)
+    report = Report(result_name(name, args.smoke), TITLE)
     with tempfile.TemporaryDirectory() as tmp, s3_server() as endpoint:
         models = tiny_models(Path(tmp))
-        n_tars, per_tar, loose = (2, 20, 40) if args.quick else (6, 100, 300)
-        shard = 10 if args.quick else 100
+        n_tars, per_tar, loose, shard = (6, 100, 300, 100)
+        if args.quick or args.smoke:
+            n_tars, per_tar, loose, shard = (2, 4, 6, 4) if args.smoke else (2, 20, 40, 10)
         make_corpora(endpoint, n_tars, per_tar, loose)
         runs = {
             "tars": (f"s3://photos/shards/{{00000..{n_tars - 1:05d}}}.tar", n_tars * per_tar),
@@ -93,17 +96,20 @@ def main() -> None:
             report.details[kind] = result
             print(f"{kind}: {result['total']} requests, {result['specs']} specs,"
                   f" {result['per_spec']} per spec; by kind {result['by_kind']}")  # fmt: skip
-        markers = 10_000 if args.quick else MARKERS
+        markers = 200 if args.smoke else 10_000 if args.quick else MARKERS
         report.details["poll"] = count_poll(endpoint, tree, markers)
         print(f"poll at {markers} markers: {report.details['poll']}")
     report.details["tree"] = str(tree)
     report.details["latency_ms"] = [1, 30]
     add_figures(report, load(BEFORE) if not args.label else None)
     result = report.finish()
-    if not args.label:
-        from bench.report import update
+    from bench.report import smoke_block, update
 
+    if args.smoke:
+        smoke_block("storage_requests", result)
+    elif not args.label:
         update("storage_requests", result)
+    return 0
 
 
 BEFORE = "storage_requests-before"
@@ -335,4 +341,4 @@ def count_poll(endpoint: str, tree: Path, markers: int) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

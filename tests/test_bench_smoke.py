@@ -18,12 +18,15 @@ BENCH = REPO / "bench"
 #: smoke modes that read ../shared/datasets (skipped where a clone has none)
 NEEDS_SHARED = {"quality_agreement", "faces", "cpu_default", "gpu", "dedup_quality"}
 #: smoke modes that take minutes, not seconds (measured on the 2-core machine while other work
-#: ran: gpu 319 s, faces 207 s, models_cpu 186 s, cpu_default 177 s, quality_agreement 99 s),
-#: or that repeat a path a default one covers at the cost of more processes (measured at load 8:
-#: e2e_before_after 50 s, a git checkout and bench/e2e's vlpipe contender twice; scaling 47 s,
-#: that contender twice): `make test-all` runs them; the default run keeps to the cheaper ones
+#: ran: gpu 319 s, faces 207 s, models_cpu 186 s, cpu_default 177 s, quality_agreement 99 s; at
+#: load 8-10: orchestration 168 s, four vlpipe runs, one strace'd with 2 workers; mini_lowres
+#: 152 s, three runs and three `vlpipe eval`; hybrid 114 s, two runs with their indexes; modes:
+#: its first run makes clip-retrieval's own venv and a full-size CLIP), or that repeat a path a
+#: default one covers with more processes (e2e_before_after 50 s, a git checkout and bench/e2e's
+#: vlpipe contender twice; scaling 47 s, that contender twice): `make test-all` runs them; the
+#: default run keeps to the cheaper ones
 SLOW = {"gpu", "faces", "models_cpu", "cpu_default", "quality_agreement", "e2e_before_after",
-        "scaling"}  # fmt: skip
+        "scaling", "orchestration", "mini_lowres", "hybrid", "modes"}  # fmt: skip
 #: smoke modes that need a tool beside the Python packages (skipped where it is absent)
 NEEDS_TOOL = {"profile": "py-spy"}
 #: smoke modes that check out an earlier commit with git (skipped outside a git clone)
