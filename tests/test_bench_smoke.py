@@ -120,3 +120,26 @@ def test_the_public_names_check_refuses_internals():
     assert non_public_imports("def f():\n    from vlpipe.worker.handlers import _LOADED") != []
     assert non_public_imports("from vlpipe.search import hits") != []  # a module, not a name
     assert non_public_imports("import vlpipe.rundir") == ["import vlpipe.rundir"]
+
+
+def test_every_name_in_a_vlpipe_all_exists():
+    """A stale `__all__` entry (a renamed function) would make a public name that is not there."""
+    stale = {}
+    for path in (REPO / "vlpipe").rglob("*.py"):
+        if path == REPO / "vlpipe" / "__init__.py":
+            continue  # the package's names load lazily (its __getattr__)
+        tree = ast.parse(path.read_text("utf-8"))
+        defined = set()
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                defined |= {t.id for t in targets if isinstance(t, ast.Name)}
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        missing = public_names(module) - defined
+        if missing:
+            stale[module] = sorted(missing)
+    assert stale == {}
