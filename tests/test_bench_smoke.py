@@ -21,12 +21,13 @@ NEEDS_SHARED = {"quality_agreement", "faces", "cpu_default", "gpu", "dedup_quali
 #: ran: gpu 319 s, faces 207 s, models_cpu 186 s, cpu_default 177 s, quality_agreement 99 s; at
 #: load 8-10: orchestration 168 s, four vlpipe runs, one strace'd with 2 workers; mini_lowres
 #: 152 s, three runs and three `vlpipe eval`; hybrid 114 s, two runs with their indexes; modes:
-#: its first run makes clip-retrieval's own venv and a full-size CLIP), or that repeat a path a
-#: default one covers with more processes (e2e_before_after 50 s, a git checkout and bench/e2e's
-#: vlpipe contender twice; scaling 47 s, that contender twice): `make test-all` runs them; the
-#: default run keeps to the cheaper ones
+#: its first run makes clip-retrieval's own venv and a full-size CLIP; precision_quality 65 s,
+#: two runs and two evals), or that repeat a path a default one covers with more processes
+#: (e2e_before_after 50 s, a git checkout and bench/e2e's vlpipe contender twice; scaling 47 s,
+#: that contender twice): `make test-all` runs them; the default run keeps to the cheaper ones
 SLOW = {"gpu", "faces", "models_cpu", "cpu_default", "quality_agreement", "e2e_before_after",
-        "scaling", "orchestration", "mini_lowres", "hybrid", "modes"}  # fmt: skip
+        "scaling", "orchestration", "mini_lowres", "hybrid", "modes",
+        "precision_quality"}  # fmt: skip
 #: smoke modes that need a tool beside the Python packages (skipped where it is absent)
 NEEDS_TOOL = {"profile": "py-spy"}
 #: smoke modes that check out an earlier commit with git (skipped outside a git clone)
@@ -34,8 +35,13 @@ NEEDS_GIT = {"cpu_default", "e2e_before_after"}
 
 
 def smoke_benchmarks() -> list[str]:
-    """Benchmarks whose source declares a --smoke flag."""
-    return sorted(p.stem for p in BENCH.glob("*.py") if '"--smoke"' in p.read_text("utf-8"))
+    """Benchmarks whose source declares a --smoke flag (not bench/__main__.py, which runs them
+    all: `python -m bench --smoke`)."""
+    return sorted(
+        p.stem
+        for p in BENCH.glob("*.py")
+        if '"--smoke"' in p.read_text("utf-8") and not p.stem.startswith("_")
+    )
 
 
 def test_bench_imports_no_test_module():
