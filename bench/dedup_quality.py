@@ -37,7 +37,7 @@ import numpy as np
 
 from bench.common import REPO, SCRATCH, Figure, Report
 from bench.dedup_set import TRANSFORMS, build
-from vlpipe.dedup import neighbours
+from vlpipe.dedup.neighbours import K as NEIGHBOURS
 from vlpipe.dedup.run import informative
 
 NAME = "dedup_quality"
@@ -93,7 +93,7 @@ class Scorer:
         original = {x["group"]: i for i, x in enumerate(truth) if x["role"] == "original"}
         self.original = np.array([original.get(g, -1) for g in self.group])
         self.upper = np.triu_indices(len(names), 1)
-        self.nearest = _nearest(self.cos, neighbours.K)
+        self.nearest = _nearest(self.cos, NEIGHBOURS)
         self.usable = informative(t.column("phash").to_numpy().astype(np.uint64))
 
     def links(self, method: str, threshold, phash_distance=None, near=None) -> np.ndarray:
@@ -167,7 +167,7 @@ def choose(scorer: Scorer) -> dict:
         chosen[method] = {"threshold": t, "phash_distance": d, "tune": s}
     both = chosen["both"]
     scored = []
-    bits = [b for b in NEAR["phash"] if 2 * neighbours.K * chance(b) <= CHANCE_PAIRS_PER_ROW]
+    bits = [b for b in NEAR["phash"] if 2 * NEIGHBOURS * chance(b) <= CHANCE_PAIRS_PER_ROW]
     for near in ((c, b) for c in NEAR["threshold"] for b in bits):
         links = scorer.links("both", both["threshold"], both["phash_distance"], near)
         s = scorer.score(scorer.components(links))

@@ -21,6 +21,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+__all__ = [
+    "EXACT_MAX",
+    "K",
+    "NPROBE",
+    "PHASH_BITS",
+    "Band",
+    "Found",
+    "Space",
+    "hash_codes",
+    "query",
+]
+
 K = 16
 EXACT_MAX = 100_000  # rows searched exactly (flat); beyond, IVF
 NPROBE = 8  # lists probed: planted-pair recall 0.998 at 1M (bench/dedup_scale.py)
