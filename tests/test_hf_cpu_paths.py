@@ -18,7 +18,8 @@ from bench import hf_tiny
 from vlpipe.models import backends
 from vlpipe.models import precision as prec
 from vlpipe.models.hf import HFEmbedder
-from vlpipe.models.registry import load_embedder
+from vlpipe.models.hf_openvino import CompiledVision
+from vlpipe.models.registry import load_captioner, load_embedder
 from vlpipe.pipeline.options import RunConfig
 from vlpipe.pipeline.run import run
 
@@ -31,7 +32,8 @@ AMX = ("amx_bf16", "avx512_bf16")
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("hf-cpu")
-    return {f: getattr(hf_tiny, f"build_tiny_{f}")(root / f) for f in [*FAMILIES, "siglip2"]}
+    names = [*FAMILIES, "siglip2", "blip"]
+    return {f: getattr(hf_tiny, f"build_tiny_{f}")(root / f) for f in names}
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +165,21 @@ def test_a_run_embeds_through_openvino_and_records_it(tiny_dirs, tmp_path, monke
     assert (options["precision"], options["backend"]) == ("bf16", "openvino")
     assert (embedder["dtype"], embedder["backend"]) == ("bfloat16", "openvino")
     assert list((tmp_path / "cache").glob("openvino/*.xml"))  # the worker ran the graph
+
+
+def test_blip_captions_through_the_openvino_vision_encoder(tiny_dirs, in_cache):
+    """BLIP's vision encoder as a graph, its decoder in torch: fp32 gives torch's captions token
+    for token and the same patch embeddings; the graph is cached like an embedder's."""
+    reference = load_captioner(tiny_dirs["blip"], "cpu", "fp32", backend="torch")
+    compiled = load_captioner(tiny_dirs["blip"], "cpu", "fp32", backend="openvino")
+    assert isinstance(compiled.model.vision_model, CompiledVision)
+    assert not isinstance(reference.model.vision_model, CompiledVision)
+    pixels = torch.stack([reference.preprocess(Image.open(p).convert("RGB"))
+                          for p in sorted(EXAMPLES.glob("*.jpg"))[:6]])  # fmt: skip
+    assert compiled.caption(pixels, 8) == reference.caption(pixels, 8)
+    x = reference.recipe.normalize(pixels, torch.device("cpu"), torch.float32)
+    with torch.inference_mode():
+        expected = reference.model.vision_model(pixel_values=x)[0]
+    got = compiled.model.vision_model(pixel_values=x)[0]
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert len(list(in_cache.glob("*.xml"))) == 1

@@ -11,12 +11,20 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-__all__ = ["BACKENDS", "openvino_installed", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "OPENVINO_HUB_CAPTIONERS",
+    "OPENVINO_HUB_EMBEDDERS",
+    "openvino_installed",
+    "resolve_backend",
+]
 
 BACKENDS = ("auto", "torch", "openvino")
 #: hub embedder families (config model_type) whose image tower runs through OpenVINO
 #: (vlpipe.models.hf_openvino); SigLIP 2's variable-size NaFlex input stays on torch
 OPENVINO_HUB_EMBEDDERS = ("clip", "siglip")
+#: hub captioner families whose vision encoder runs through OpenVINO (their decoders stay torch)
+OPENVINO_HUB_CAPTIONERS = ("blip",)
 
 
 def openvino_installed() -> bool:

@@ -14,8 +14,6 @@ vlpipe.models.hf_pixels (PixelRecipe is importable from here too).
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import threading
 from dataclasses import dataclass
 
@@ -24,7 +22,7 @@ import torch
 from PIL import Image
 
 from vlpipe.errors import ModelLoadError, VlpipeError
-from vlpipe.models.backends import OPENVINO_HUB_EMBEDDERS, resolve_backend
+from vlpipe.models.backends import OPENVINO_HUB_CAPTIONERS, OPENVINO_HUB_EMBEDDERS, resolve_backend
 from vlpipe.models.base import Captioner, Embedder, l2_normalize, resolve_device, resolve_dtype
 from vlpipe.models.hf_load import from_pretrained as _from_pretrained
 from vlpipe.models.hf_load import load_config as _load_config
@@ -32,7 +30,7 @@ from vlpipe.models.hf_load import place as _place
 from vlpipe.models.hf_load import unsupported as _unsupported
 from vlpipe.models.hf_pixels import PixelRecipe
 from vlpipe.models.hf_pixels import pixel_recipe as _pixel_recipe
-from vlpipe.models.hf_weights import weight_files, weights_digest
+from vlpipe.models.hf_weights import checkpoint_fingerprint, weight_files
 from vlpipe.models.precision import BF16_MEASURED_HUB_EMBEDDERS
 from vlpipe.models.prompting import Prompting, takes_no_prompt
 
@@ -96,9 +94,6 @@ EMBEDDERS = {
         ("input_ids", "attention_mask"),
     ),
 }
-
-_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype"}
-
 
 # --- captioners -----------------------------------------------------------------------------------
 
@@ -172,9 +167,11 @@ def load_hf_captioner(
     num_beams: int = 1,
     max_tokens: int = 30,
     prompting: Prompting | None = None,
+    backend: str = "torch",
 ) -> Captioner:
     """A BLIP, GIT or VisionEncoderDecoder captioner, or a prompted vision-language model
-    (vlpipe.models.prompted), from a hub id or a local directory."""
+    (vlpipe.models.prompted), from a hub id or a local directory. `backend` openvino runs BLIP's
+    vision encoder as a compiled graph on CPU (its text decoder stays torch)."""
     import transformers
 
     if num_beams < 1:
@@ -193,6 +190,16 @@ def load_hf_captioner(
     model_class = getattr(transformers, CAPTIONERS[config.model_type])
     model = _from_pretrained(name_or_path, model_class.from_pretrained, location)
     model = _place(model, torch_device, dtype)
+    if (
+        config.model_type in OPENVINO_HUB_CAPTIONERS
+        and resolve_backend(backend, torch_device.type) == "openvino"
+    ):
+        from vlpipe.models.hf_openvino import compile_captioner_vision
+
+        key = checkpoint_fingerprint(name_or_path, location, config, recipe.describe())
+        width, height = recipe.crop or recipe.square
+        precision_name = "bf16" if dtype == torch.bfloat16 else "fp32"
+        compile_captioner_vision(model, key, (height, width), precision_name)
     if model.generation_config.pad_token_id is None:  # GPT-2 style decoders have no pad token
         pad = tokenizer.pad_token_id
         model.generation_config.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
@@ -341,17 +348,8 @@ class HFEmbedder(Embedder):
         }
 
     def fingerprint(self) -> str:
-        """The embedding space's identity, the same on any machine, device and precision: the
-        config's content, the image preprocessing, and a sample of the weight files' bytes
-        (which tells apart different weights saved to the same place)."""
-        config = {k: v for k, v in self.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
-        weights = weights_digest(self.name, self.location)
-        blob = json.dumps(
-            {"config": config, "pixels": self.recipe.describe(), "weights": weights},
-            sort_keys=True,
-            default=str,
-        )
-        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+        """The embedding space's identity (vlpipe.models.hf_weights.checkpoint_fingerprint)."""
+        return checkpoint_fingerprint(self.name, self.location, self.config, self.recipe.describe())
 
 
 def load_hf_embedder(

@@ -45,3 +45,44 @@ def compile_image_tower(
         f"{key}-image{height_width[0]}x{height_width[1]}",
         precision,
     )
+
+
+class LastHiddenState(torch.nn.Module):
+    """A captioner's vision encoder as pixel_values -> patch embeddings, for the converter."""
+
+    def __init__(self, vision: torch.nn.Module):
+        super().__init__()
+        self.vision = vision
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vision(pixel_values=pixel_values)[0]
+
+
+class CompiledVision(torch.nn.Module):
+    """Stands in for BLIP's `vision_model` inside `generate`: runs the compiled graph and returns
+    the tuple generate reads (`outputs[0]`, the patch embeddings) in the decoder's dtype."""
+
+    def __init__(self, call: Callable[[np.ndarray], np.ndarray], dtype: torch.dtype):
+        super().__init__()
+        self.call, self.dtype_out = call, dtype
+
+    def forward(self, pixel_values: torch.Tensor, **_: object) -> tuple[torch.Tensor]:
+        out = self.call(pixel_values.float().cpu().numpy())
+        return (torch.from_numpy(out).to(self.dtype_out),)
+
+
+def compile_captioner_vision(
+    model: torch.nn.Module, key: str, height_width: tuple[int, int], precision: str
+) -> None:
+    """Swap a loaded BLIP's `vision_model` for its OpenVINO graph (converted from the model's
+    own weights, fp32, on first use; cached by `key`). The torch encoder is dropped."""
+    from vlpipe.models.openvino_graph import compile_module
+
+    vision = model.vision_model
+    call = compile_module(
+        lambda: LastHiddenState(vision),
+        torch.zeros(2, 3, *height_width),
+        f"{key}-captioner-vision{height_width[0]}x{height_width[1]}",
+        precision,
+    )
+    model.vision_model = CompiledVision(call, next(model.text_decoder.parameters()).dtype)

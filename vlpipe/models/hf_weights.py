@@ -14,6 +14,19 @@ from pathlib import Path
 from vlpipe.errors import ModelLoadError
 from vlpipe.models.hf_load import load_error
 
+_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype"}
+
+
+def checkpoint_fingerprint(name: str, location: str, config, pixels: dict) -> str:
+    """A checkpoint's identity, the same on any machine, device and precision: the config's
+    content, the image preprocessing (`pixels`), and a sample of the weight files' bytes (which
+    tells apart different weights saved to the same place)."""
+    kept = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    weights = weights_digest(name, location)
+    blob = json.dumps({"config": kept, "pixels": pixels, "weights": weights}, sort_keys=True,
+                      default=str)  # fmt: skip
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
 
 def weights_digest(name: str, location: str) -> str:
     """4 KiB from 16 evenly spaced offsets of each weight file: cheap even for GBs."""

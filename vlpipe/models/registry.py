@@ -25,6 +25,7 @@ __all__ = [
     "load_embedder",
     "load_models",
     "refuse_open_clip_captioner",
+    "runs_compiled_on_cpu",
 ]
 
 BUILTIN = "mini"
@@ -57,7 +58,7 @@ def load_captioner(
     backend: str = "torch",
 ) -> Captioner:
     """`prompting` (a prompt, questions, candidates) is for prompted captioners only; `backend`
-    (vlpipe.models.backends) applies to vlpipe-mini, hub models run torch."""
+    (vlpipe.models.backends) applies to vlpipe-mini and BLIP's vision encoder."""
     refuse_open_clip_captioner(name)
     if is_vlpipe_mini(name):
         from vlpipe.models.mini.model import load_mini
@@ -70,7 +71,7 @@ def load_captioner(
     from vlpipe.models.hf import load_hf_captioner
 
     return load_hf_captioner(
-        name, device=device, precision=precision, max_tokens=max_tokens, prompting=prompting
+        name, device, precision, max_tokens=max_tokens, prompting=prompting, backend=backend
     )
 
 
@@ -138,14 +139,15 @@ def bf16_measured_on_cpu(name: str, role: str = "embedder") -> bool:
 
 def runs_compiled_on_cpu(name: str, role: str = "embedder") -> bool:
     """Whether `--backend` applies to this model: vlpipe-mini's tower, hub CLIP / SigLIP image
-    towers (vlpipe.models.hf_openvino); everything else runs torch."""
+    towers and BLIP's vision encoder (vlpipe.models.hf_openvino); everything else runs torch."""
     if name == NONE:
         return False
     if is_vlpipe_mini(name):
         return True
-    from vlpipe.models.backends import OPENVINO_HUB_EMBEDDERS
+    from vlpipe.models.backends import OPENVINO_HUB_CAPTIONERS, OPENVINO_HUB_EMBEDDERS
 
-    return role == "embedder" and _hub_family(name) in OPENVINO_HUB_EMBEDDERS
+    families = OPENVINO_HUB_EMBEDDERS if role == "embedder" else OPENVINO_HUB_CAPTIONERS
+    return _hub_family(name) in families
 
 
 def _hub_family(name: str) -> str | None:
