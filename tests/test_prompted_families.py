@@ -14,7 +14,13 @@ from PIL import Image
 from bench import hf_tiny_prompted
 from bench.hf_tiny import build_tiny_clip
 from tests.helpers.images import image_bytes
-from tests.helpers.prompted import cli, read_rows, small_images
+from tests.helpers.prompted import (
+    cli,
+    count_image_processor_calls,
+    count_vision_passes,
+    read_rows,
+    small_images,
+)
 from vlpipe.models.prompted import PromptedCaptioner
 from vlpipe.models.registry import load_captioner
 
@@ -89,15 +95,7 @@ def test_questions_in_one_batch_answer_as_each_alone(family, captioners, monkeyp
     cap = captioners[family]
     images = small_images()
     prompts = [cap.prompt, "How many?", QUESTION]
-    image_processor = type(cap.processor.image_processor)
-    calls = []
-    original = image_processor.__call__
-
-    def counting(self, *args, **kw):
-        calls.append(1)
-        return original(self, *args, **kw)
-
-    monkeypatch.setattr(image_processor, "__call__", counting)
+    calls = count_image_processor_calls(monkeypatch, cap)
     merged = cap.inputs_per_prompt(images, prompts)
     assert len(calls) == 1
     mask = merged["attention_mask"]
@@ -112,23 +110,12 @@ def test_questions_in_one_batch_answer_as_each_alone(family, captioners, monkeyp
 def test_questions_share_one_vision_pass(family, captioners, monkeypatch):
     """The vision tower encodes each image once for all its prompts, and the answers are the
     same as when every copy is encoded."""
-    import functools
-
     from vlpipe.models import prompted_batch
 
     cap = captioners[family]
     images = small_images()
     prompts = [cap.prompt, "How many?", QUESTION]
-    cls = type(cap.model.model)
-    encode = cls.get_image_features
-    encoded: list[int] = []
-
-    @functools.wraps(encode)  # generate reads the signature
-    def counting(self, pixel_values, *args, **kw):
-        encoded.append(len(pixel_values))
-        return encode(self, pixel_values, *args, **kw)
-
-    monkeypatch.setattr(cls, "get_image_features", counting)
+    encoded = count_vision_passes(monkeypatch, type(cap.model.model))
     shared = cap.answers(images, prompts, max_tokens=5)
     monkeypatch.setattr(prompted_batch, "SHARED_VISION", frozenset())
     assert cap.answers(images, prompts, max_tokens=5) == shared

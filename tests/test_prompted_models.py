@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from bench.hf_tiny_prompted import FAMILIES
-from tests.helpers.prompted import small_images
+from tests.helpers.prompted import count_image_processor_calls, count_vision_passes, small_images
 from vlpipe.errors import VlpipeError
 from vlpipe.models.prompted import PromptedCaptioner
 from vlpipe.models.prompting import Prompting
@@ -68,15 +68,7 @@ def test_questions_share_one_image_processor_pass(family, prompted_dirs, monkeyp
     pairs = [(im, p) for p in prompts for im in images]  # prompt-major
     reference = cap.inputs([im for im, _ in pairs], [p for _, p in pairs])
 
-    image_processor = type(cap.processor.image_processor)
-    calls = []
-    original = image_processor.__call__
-
-    def counting(self, *args, **kw):
-        calls.append(1)
-        return original(self, *args, **kw)
-
-    monkeypatch.setattr(image_processor, "__call__", counting)
+    calls = count_image_processor_calls(monkeypatch, cap)
     merged = cap.inputs_per_prompt(images, prompts)
     assert len(calls) == 1
     assert merged.keys() == reference.keys()
@@ -97,25 +89,13 @@ def test_questions_share_one_image_processor_pass(family, prompted_dirs, monkeyp
 def test_questions_share_one_vision_pass(family, prompted_dirs, monkeypatch):
     """The vision tower encodes each image once for all its prompts (the families in
     SHARED_VISION), and the answers are the same as when every sequence encodes its own copy."""
-    import functools
-
     from vlpipe.models import prompted_batch
 
     cap = load_captioner(prompted_dirs[family], device="cpu")
     images = small_images()
     prompts = [cap.prompt, "How many?", "Is there any text in this image?"]
-    encoded: list[int] = []
     inner = getattr(cap.model, "model", None)
-    if inner is not None:
-        cls = type(inner)
-        encode = cls.get_image_features
-
-        @functools.wraps(encode)  # generate reads the signature
-        def counting(self, pixel_values, *args, **kw):
-            encoded.append(len(pixel_values))
-            return encode(self, pixel_values, *args, **kw)
-
-        monkeypatch.setattr(cls, "get_image_features", counting)
+    encoded = [] if inner is None else count_vision_passes(monkeypatch, type(inner))
     shared = cap.answers(images, prompts, max_tokens=5)
     monkeypatch.setattr(prompted_batch, "SHARED_VISION", frozenset())
     each = cap.answers(images, prompts, max_tokens=5)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from bench.hf_tiny_prompted import FAMILIES
 from tests.helpers.images import image_bytes
-from tests.helpers.prompted import cli, read_rows
+from tests.helpers.prompted import cli, count_vision_passes, read_rows
 from vlpipe.api import run_and_index as run
 from vlpipe.models.prompted import PromptedCaptioner
 from vlpipe.models.prompting import Prompting
@@ -71,7 +71,6 @@ def test_run_with_questions_then_search(family, prompted_dirs, prompted_corpus, 
 def test_each_image_is_preprocessed_once_however_many_questions(
     prompted_dirs, prompted_corpus, tmp_path, monkeypatch
 ):
-    import functools
 
     from transformers import CLIPImageProcessor  # the tiny LLaVA's
 
@@ -98,15 +97,7 @@ def test_each_image_is_preprocessed_once_however_many_questions(
     monkeypatch.setattr(CLIPImageProcessor, "__call__", counting_images)
     from transformers.models.llava.modeling_llava import LlavaModel
 
-    encoded: list[int] = []
-    encode = LlavaModel.get_image_features
-
-    @functools.wraps(encode)  # generate reads the signature
-    def counting_vision(self, pixel_values, *args, **kw):
-        encoded.append(len(pixel_values))
-        return encode(self, pixel_values, *args, **kw)
-
-    monkeypatch.setattr(LlavaModel, "get_image_features", counting_vision)
+    encoded = count_vision_passes(monkeypatch, LlavaModel)
     asks = (("a", "Is it red?"), ("b", "How many?"), ("c", "Is there text?"))
     config = RunConfig(
         source=str(prompted_corpus), output=str(tmp_path / "o"), captioner=prompted_dirs["llava"],

@@ -59,3 +59,35 @@ def read_rows(output) -> list[dict]:
 
 def cli(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def count_image_processor_calls(monkeypatch, captioner) -> list[int]:
+    """A list that grows by one per call of the captioner's image processor (patched on its
+    class for the test's duration)."""
+    cls = type(captioner.processor.image_processor)
+    calls: list[int] = []
+    original = cls.__call__
+
+    def counting(self, *args, **kw):
+        calls.append(1)
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(cls, "__call__", counting)
+    return calls
+
+
+def count_vision_passes(monkeypatch, model_cls) -> list[int]:
+    """The batch size of each `get_image_features` call on `model_cls` (the vision tower's pass),
+    patched for the test's duration; the wrapper keeps the signature generate reads."""
+    import functools
+
+    encode = model_cls.get_image_features
+    encoded: list[int] = []
+
+    @functools.wraps(encode)
+    def counting(self, pixel_values, *args, **kw):
+        encoded.append(len(pixel_values))
+        return encode(self, pixel_values, *args, **kw)
+
+    monkeypatch.setattr(model_cls, "get_image_features", counting)
+    return encoded
