@@ -91,3 +91,15 @@ def count_vision_passes(monkeypatch, model_cls) -> list[int]:
 
     monkeypatch.setattr(model_cls, "get_image_features", counting)
     return encoded
+
+
+def assert_captions_decode(captioner, pixels, tokenizer, token_ids: list[list[int]]) -> None:
+    """The captioner's captions of `pixels` are `token_ids` decoded (a plain generate's new
+    tokens), stripped, with no special token left in them."""
+    captions = captioner.caption(pixels, max_tokens=8)
+    expected = tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+    assert captions == [t.strip() for t in expected]
+    specials = set(tokenizer.all_special_tokens)
+    for caption in captions:
+        assert not specials & set(caption.split())
+        assert caption == caption.strip()
