@@ -4,25 +4,35 @@
     python -m bench.figures FILE ...     # check other markdown files (the test plants one)
 
 A figure is a number with a unit of speed, time or memory (`28.8 images/s`, `34 ms`, `1.3 GB`,
-ranges such as `1.3-1.4 GB`) or a ratio (`1.38x`). It is current when some number in
-bench/results/*.json or in the shipped model's record (vlpipe/models/mini/weights/vlpipe_mini.json)
-rounds to it at the precision the prose shows: `28.8` matches 28.7958, `1.4 GB` matches 1,393 MB,
-`34 ms` matches 0.034 s. Every figure that matches nothing is printed with file:line and its
-context, and the exit status is 1.
+ranges such as `1.3-1.4 GB`, wrapped across lines too) or a ratio (`1.38x`). It is current when a
+number of the same quantity in the committed results rounds to it at the precision the prose
+shows: `28.8 images/s` matches 28.7958 images/s, `1.4 GB` 1,393 MB, `34 ms` 0.034 s. Which results:
+- the ones its paragraph (a table row: the row) names, where it names any: `bench/results/e2e.json`,
+  `python -m bench.e2e`, "the e2e block", a link to the block's BENCHMARKS.md section;
+- otherwise any bench/results/*.json, but then a figure of fewer than 3 significant digits
+  (`2.1x`, `0.8-1.0 GB`) fails: among all the files' numbers, one that rounds to it is nearly
+  always there by chance, so a short figure must name its source.
+The shipped model's record (vlpipe/models/mini/weights/vlpipe_mini.json) and the sizes of its
+weight files count as part of every benchmark's results. A figure's quantity in the results comes
+from a figure's unit, a key's name (`images_s`, `infer_s`, `peak_rss_mb`, `p95_ms`, `ratio`) or a
+unit written in a string. Every figure that fails is printed with file:line and its line, and the
+exit status is 1.
 
 Policy (what is not checked, and why):
 - the generated `<!-- bench:NAME -->` blocks of BENCHMARKS.md: bench.report renders them from the
   results files, so they are current by construction;
 - text between `<!-- figures:history -->` and `<!-- /figures:history -->`: dated history (earlier
-  training rounds, superseded runs) that must say so in its own words; it is not a claim about
-  the shipped code;
+  training rounds, superseded runs, the runs that made a change) that says so in its own words;
+  it is not a claim about the shipped code, and nothing else may go there;
+- code (fenced blocks and inline code): commands, flags and sample output;
 - counts, sizes and settings without a unit of speed, memory or ratio (`2 cores`, `224 px`,
-  `batch 32`, dates, versions), quality figures without a unit (R@1, BLEU-4) and durations spelled
-  out in words (`90 minutes`);
-- the entries of EXCEPTIONS: figures in the prose that are not benchmark outputs (a limit, a
-  setting, a unit's definition), each with its reason.
-A figure that is none of these and matches no results file is stale: point to the BENCHMARKS.md
-block that holds it, copy the value from its results file, or remove it.
+  `batch 32`, dates, versions), quality figures without a unit (R@1, BLEU-4), durations spelled
+  out in words (`90 minutes`) and numbers in tables whose unit is only in the header;
+- the entries of EXCEPTIONS: figures in the prose that are not benchmark outputs (a goal, a
+  setting, arithmetic, another package's size), each with its reason.
+A figure that is none of these and fails is stale: point to the BENCHMARKS.md block that holds it
+(preferred: fewer figures to go stale), copy the value from its results file and name the block,
+or remove it.
 """
 
 from __future__ import annotations
@@ -37,12 +47,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import REPO, RESULTS
+from bench.figure_exceptions import EXCEPTIONS
 
 MODEL_RECORD = REPO / "vlpipe" / "models" / "mini" / "weights" / "vlpipe_mini.json"
 
-#: (file relative to the repo, text on the line that holds the figure, why it is not a
-#: benchmark output). The figure is excused where it lies inside that text on a line of that file.
-EXCEPTIONS: list[tuple[str, str, str]] = []
 
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _RATES = ["images/s", "image/s", "img/s", "captions/s", "queries/s", "texts/s", "rows/s",
@@ -63,7 +71,8 @@ UNITS: dict[str, tuple[str, tuple[float, ...]]] = {
     "x": ("ratio", (1.0,)),
     "×": ("ratio", (1.0,)),
 }
-_UNIT = "|".join(sorted((re.escape(u) for u in UNITS), key=len, reverse=True))
+#: units written after a space (a ratio's x is not: `128 x 128` is a size)
+_UNIT = "|".join(sorted((re.escape(u) for u in UNITS if u not in "x×"), key=len, reverse=True))
 #: a number or a range of two, then a unit (across a line break too); `224x224`, `0x1f` and
 #: `v2.45` are not figures
 FIGURE = re.compile(
@@ -92,13 +101,19 @@ def default_files(repo: Path = REPO) -> list[Path]:
 
 
 def prose(text: str) -> list[str]:
-    """The file's lines with the generated and history blocks blanked, and inline code too
-    (commands and flags there are settings, not figures); line numbers stay as they were."""
-    lines, inside = [], []
+    """The file's lines with the generated and history blocks blanked, and code too (commands,
+    flags and sample output in fenced blocks and inline code are settings and illustrations, not
+    figures); line numbers stay as they were."""
+    lines, inside, fenced = [], [], False
     for line in text.splitlines():
         if m := BLOCK_OPEN.fullmatch(line.strip()):
             inside.append(m.group(1))
-        lines.append("" if inside else re.sub(r"`[^`]*`", lambda c: " " * len(c.group(0)), line))
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+            lines.append("")
+            continue
+        blank = inside or fenced
+        lines.append("" if blank else re.sub(r"`[^`]*`", lambda c: " " * len(c.group(0)), line))
         if (m := BLOCK_CLOSE.fullmatch(line.strip())) and inside and inside[-1] == m.group(1):
             inside.pop()
     return lines
@@ -137,7 +152,10 @@ def figures_in(path: Path, repo: Path = REPO, names: dict[str, str] | None = Non
 
 
 def _paragraph(original: list[str], prose_lines: list[str], i: int) -> str:
-    """The original text (inline code included) of the paragraph or table around line i."""
+    """The original text (inline code included) of the paragraph around line i; a table row
+    stands alone (each row cites its own source)."""
+    if original[i].lstrip().startswith("|"):
+        return original[i]
     start, end = i, i
     while start > 0 and prose_lines[start - 1].strip():
         start -= 1
@@ -153,6 +171,14 @@ def excused(figure: Found, exceptions: list[tuple[str, str, str]] = EXCEPTIONS) 
         path == figure.path and text in figure.context and figure.text in text
         for path, text, _reason in exceptions
     )
+
+
+def unused_exceptions(
+    files: list[Path], exceptions: list[tuple[str, str, str]] = EXCEPTIONS
+) -> list[tuple[str, str, str]]:
+    """The EXCEPTIONS entries that excuse no figure of `files` any more (the prose changed)."""
+    found = [f for path in files for f in figures_in(path, REPO, {})]
+    return [e for e in exceptions if not any(excused(f, [e]) for f in found)]
 
 
 # -- the numbers of the results files ------------------------------------------------------------
@@ -231,8 +257,13 @@ def results_group(path: Path) -> str:
 def known_numbers(results: Path = RESULTS, record: Path = MODEL_RECORD) -> dict[str, Pools]:
     """The numbers of the committed results files by benchmark (bench/results/e2e.json -> "e2e"),
     each sorted by quantity ("" holds the numbers whose quantity the files do not say); the
-    shipped model's record counts as part of every benchmark."""
+    shipped model's record and the size of its weight files count as part of every benchmark."""
     extra = list(numbers_in(json.loads(record.read_text("utf-8")))) if record.exists() else []
+    for weights in sorted(record.parent.glob("*.safetensors")):  # the shipped files' sizes
+        extra += [
+            ("memory", weights.stat().st_size / 1e6),
+            ("memory", weights.stat().st_size / 2**20),
+        ]
     known: dict[str, dict[str, set[float]]] = {}
     for path in sorted(results.glob("*.json")):
         pools = known.setdefault(results_group(path), {})
@@ -247,7 +278,7 @@ def result_names(results: Path = RESULTS) -> dict[str, str]:
     names = {}
     for path in sorted(results.glob("*.json")):
         group = results_group(path)
-        names[group] = group
+        names[group] = names[path.stem] = group
         title = json.loads(path.read_text("utf-8")).get("title", "")
         names[_anchor(title)] = group
     names.pop("", None)
@@ -265,6 +296,10 @@ def _merged(known: dict[str, Pools], names: tuple[str, ...]) -> Pools:
         for kind, values in known.get(name, {}).items():
             merged.setdefault(kind, set()).update(values)
     return {kind: sorted(values) for kind, values in merged.items()}
+
+
+#: figures with fewer significant digits than this must cite their results
+SHORT = 3
 
 
 def significant_digits(value: str) -> int:
@@ -296,8 +331,10 @@ def _any_between(values: list[float], low: float, high: float) -> bool:
 
 
 def stale(files: list[Path], repo: Path = REPO, results: Path = RESULTS) -> list[Found]:
-    """The figures of `files` that no results file holds (the ones their paragraph cites, where
-    it cites any) and no exception excuses."""
+    """The figures of `files` that no exception excuses and no results file holds: the files
+    their paragraph cites, where it cites any. A figure of fewer than 3 significant digits
+    (`2.1x`, `0.8 GB`) must cite one: among all the files' numbers, one that rounds to it is
+    nearly always there by chance."""
     known, names = known_numbers(results), result_names(results)
     pools: dict[tuple[str, ...], Pools] = {}
     bad = []
@@ -305,7 +342,11 @@ def stale(files: list[Path], repo: Path = REPO, results: Path = RESULTS) -> list
         for f in figures_in(path, repo, names):
             if f.cites not in pools:
                 pools[f.cites] = _merged(known, f.cites)
-            if not excused(f) and not matches(f.value, f.unit, pools[f.cites]):
+            if excused(f):
+                continue
+            if not matches(f.value, f.unit, pools[f.cites]) or (
+                not f.cites and significant_digits(f.value) < SHORT
+            ):
                 bad.append(f)
     return bad
 
@@ -323,11 +364,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.figures: no such file or folder: {missing[0]}", file=sys.stderr)
         return 2
     bad = stale(files, results=args.results)
+    unused = unused_exceptions(files) if not args.files else []
+    for path, text, _reason in unused:
+        print(f"{path}: exception {text!r} (bench/figure_exceptions.py) excuses no figure any more")
     for f in bad:
-        where = " or ".join(f"bench/results/{c}*.json" for c in f.cites) or "results file"
-        print(f"{f.path}:{f.line}: {f.text!r} is in no {where}: {f.context}")
+        if f.cites:
+            where = " or ".join(f"bench/results/{c}*.json" for c in f.cites)
+            print(f"{f.path}:{f.line}: {f.text!r} is in no {where}: {f.context}")
+        else:
+            print(f"{f.path}:{f.line}: {f.text!r} cites no results or is in none: {f.context}")
     print(f"bench.figures: {len(files)} files, {len(bad)} figures without a results file")
-    return 1 if bad else 0
+    return 1 if bad or unused else 0
 
 
 if __name__ == "__main__":

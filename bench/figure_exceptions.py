@@ -1,0 +1,33 @@
+"""The figures in README.md, BENCHMARKS.md's prose and docs/*.md that are not benchmark outputs,
+so `python -m bench.figures` does not hold them to a results file: each with its reason.
+
+Add an entry only for a number that no benchmark measures (a goal, a setting, arithmetic, another
+package's size); a figure a benchmark measured belongs in its results file, or out of the prose.
+"""
+
+from __future__ import annotations
+
+#: (file relative to the repo, text on the line that holds the figure, why it is not a
+#: benchmark output). The figure is excused where it lies inside that text on a line of that file.
+EXCEPTIONS: list[tuple[str, str, str]] = [
+    ("README.md", "fp16: 0.75 GB of weights by parameter count",
+     "arithmetic (parameters x 2 bytes in fp16), said to be not measured"),
+    ("docs/runners.md", "fp16: 0.75 GB of", "arithmetic (parameters x 2 bytes in fp16), said to be"
+     " not measured"),
+    ("docs/runners.md", "~1 MB per 1,000 with 256-d embeddings",
+     "arithmetic: 256 float32 values are 1 KB a row"),
+    ("docs/runners.md", "at most every 2 s)", "the progress writer's interval, a setting"),
+    ("docs/runners.md", "every 2 s for the first 20 s", "the progress poller's schedule"),
+    ("docs/runners.md", "at most every 30 s;", "the progress poller's schedule"),
+    ("docs/privacy.md", "The weights (2 MB) ship inside", "the size of another package's files"),
+    ("docs/privacy.md", "image upscaled 2x", "the baseline's setting"),
+    ("BENCHMARKS.md", "Issue 17's floor: 10 images/s", "a goal the issue sets"),
+    ("BENCHMARKS.md", "The goal of 2.5x is not met", "a goal the issue sets"),
+    ("docs/vlpipe-mini.md", "The issue's floor is 10 images/s", "a goal the issue sets"),
+    ("docs/vlpipe-mini.md", "above 10 images/s", "the issue's floor, a goal"),
+    ("README.md", "ranking counts 4x when", "a fusion weight, a setting"),
+    ("README.md", "and 0.1x otherwise", "a fusion weight, a setting"),
+    ("docs/dedup.md", "past 4x the rows it was trained for", "a rebuild threshold, a setting"),
+    ("docs/runners.md", "(under 100 MB at 224 px)",
+     "arithmetic: the decode-ahead images' pixels at 224 px"),
+]  # fmt: skip
