@@ -5,7 +5,10 @@ has it, and the converted image tower is cached, reused, and rebuilt when torn o
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +186,40 @@ def test_blip_captions_through_the_openvino_vision_encoder(tiny_dirs, in_cache):
     got = compiled.model.vision_model(pixel_values=x)[0]
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     assert len(list(in_cache.glob("*.xml"))) == 1
+
+
+# Runs `vlpipe ARGS...` as the CLI does and, at exit, writes the names of every module the
+# process imported to the file named by $MODULES_OUT.
+_CLI_MODULES = """
+import atexit, json, os, runpy, sys
+atexit.register(lambda: open(os.environ["MODULES_OUT"], "w").write(json.dumps(sorted(sys.modules))))
+sys.argv = ["vlpipe", *sys.argv[1:]]
+runpy.run_module("vlpipe", run_name="__main__")
+"""
+
+
+def test_a_cached_graph_run_builds_no_torch_image_tower(tiny_dirs, tmp_path):
+    """`vlpipe run --captioner none` with the image tower's graph cached: the CLI never imports
+    the torch CLIP model (the tower is not built) nor transformers' image processing (it pulls
+    in torchvision and torch._dynamo, about 1.4 s of CPU)."""
+    src = tmp_path / "images"
+    src.mkdir()
+    for p in sorted(EXAMPLES.glob("*.jpg"))[:2]:
+        shutil.copy(p, src / p.name)
+    listed = tmp_path / "modules.json"
+    env = {**os.environ, "VLPIPE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "MODULES_OUT": str(listed)}  # fmt: skip
+
+    def imported(out: str) -> set[str]:
+        argv = [sys.executable, "-c", _CLI_MODULES, "run", str(src), "--output",
+                str(tmp_path / out), "--captioner", "none", "--embedder", tiny_dirs["clip"],
+                "--backend", "openvino", "--no-index", "--no-progress"]  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "written 2" in proc.stdout
+        return set(json.loads(listed.read_text()))
+
+    tower = "transformers.models.clip.modeling_clip"
+    assert tower in imported("first")  # converts the torch tower and caches its graph
+    second = imported("second")
+    assert not {tower, "torchvision", "transformers.image_processing_utils"} & second

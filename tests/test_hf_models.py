@@ -158,6 +158,50 @@ def test_preprocess_matches_the_checkpoints_own_image_processor(family, tiny_dir
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("family", CAPTIONERS + EMBEDDERS)
+def test_the_recipe_read_from_the_saved_json_is_the_processors(family, tiny_dirs):
+    """Plain processors' recipes are read from preprocessor_config.json without transformers'
+    image processing (it imports torchvision): the same recipe the processor object gives."""
+    from transformers import AutoImageProcessor
+
+    from vlpipe.models.hf_pixels import saved_recipe
+
+    processor = AutoImageProcessor.from_pretrained(tiny_dirs[family])
+    expected = PixelRecipe.from_processor(processor, family)
+    assert saved_recipe(family, tiny_dirs[family]) == expected
+
+
+def test_processors_the_json_does_not_fully_describe_are_built_by_transformers(tmp_path):
+    """A bare-number size (its meaning depends on the class), a missing field (the class default
+    applies), another class or no file: no recipe from the JSON; pixel_recipe still works."""
+    from transformers import AutoImageProcessor
+
+    from vlpipe.models.hf_pixels import pixel_recipe, saved_recipe
+
+    legacy = {"feature_extractor_type": "CLIPFeatureExtractor", "size": 64, "crop_size": 64,
+              "do_center_crop": True, "do_resize": True, "do_normalize": True, "resample": 3,
+              "image_mean": [0.5] * 3, "image_std": [0.5] * 3}  # fmt: skip
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(legacy))
+    assert saved_recipe("legacy", str(tmp_path)) is None
+    recipe = pixel_recipe("legacy", str(tmp_path))  # transformers reads it: 64 px, center crop
+    assert (recipe.shortest_edge, recipe.crop) == (64, (64, 64))
+    typed = {**legacy, "image_processor_type": "CLIPImageProcessor"}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(typed))
+    assert saved_recipe("typed", str(tmp_path)) is None  # sizes as bare numbers
+    sized = {**typed, "size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(sized))
+    assert saved_recipe("no-rescale-fields", str(tmp_path)) is None  # do_rescale unsaid
+    full = {**sized, "do_rescale": True, "rescale_factor": 1 / 255}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(full))
+    processor = AutoImageProcessor.from_pretrained(str(tmp_path))
+    assert saved_recipe("full", str(tmp_path)) == PixelRecipe.from_processor(processor, "full")
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({**full, "image_processor_type": "ConvNextImageProcessor"})
+    )
+    assert saved_recipe("other-class", str(tmp_path)) is None
+    assert saved_recipe("no-file", str(tmp_path / "missing")) is None
+
+
 def test_variable_size_preprocessing_is_refused():
     from transformers import CLIPImageProcessor
 

@@ -7,7 +7,10 @@ it is what decode drafts JPEGs for (`PixelRecipe.image_size`).
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -99,8 +102,51 @@ class PixelRecipe:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+#: image processor classes whose saved preprocessor_config.json, when it spells out every field
+#: PixelRecipe reads, says all there is to their resize / crop / normalise: such a recipe is read
+#: from the JSON without transformers' image processing, whose import pulls in torchvision and
+#: torch._dynamo (about 1.4 s of every run's start on a 2-core machine). Each name maps to the
+#: fields that must be present: a missing one would take the class's default, so it falls back.
+_PLAIN = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize")
+_NORM = ("image_mean", "image_std")
+_CROP = ("do_center_crop", "crop_size")
+PLAIN_PROCESSORS = {
+    "CLIPImageProcessor": _PLAIN + _NORM + _CROP,
+    "CLIPImageProcessorFast": _PLAIN + _NORM + _CROP,
+    "SiglipImageProcessor": _PLAIN + _NORM,
+    "SiglipImageProcessorFast": _PLAIN + _NORM,
+    "BlipImageProcessor": _PLAIN + _NORM,
+    "BlipImageProcessorFast": _PLAIN + _NORM,
+    "ViTImageProcessor": _PLAIN + _NORM,
+    "ViTImageProcessorFast": _PLAIN + _NORM,
+}
+
+
+def saved_recipe(name: str, location: str) -> PixelRecipe | None:
+    """The recipe from a plain processor's saved JSON (PLAIN_PROCESSORS), or None where
+    transformers must build the processor: another class, a missing field, a size given as a
+    bare number (whose meaning depends on the class) or no readable file."""
+    path = os.path.join(location, "preprocessor_config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None  # a hub id (not a folder) or an odd file: transformers reads it
+    needed = (
+        PLAIN_PROCESSORS.get(saved.get("image_processor_type")) if isinstance(saved, dict) else None
+    )
+    if needed is None or any(saved.get(k) is None for k in needed):
+        return None
+    if not all(isinstance(saved.get(k), dict) for k in ("size", "crop_size") if k in saved):
+        return None
+    return PixelRecipe.from_processor(SimpleNamespace(**saved), name)
+
+
 def pixel_recipe(name: str, location: str):
     """The checkpoint's PixelRecipe, or a NaflexRecipe for SigLIP 2's variable resolution."""
+    recipe = saved_recipe(name, location)
+    if recipe is not None:
+        return recipe
     from transformers import AutoImageProcessor
 
     from vlpipe.models.hf_naflex import NaflexRecipe, is_naflex
