@@ -2,9 +2,11 @@
 
 The profile (bench/profile.py) put most of `vlpipe run`'s CPU time in caption decoding, which ran
 the whole nn.TransformerDecoder over the whole prefix at every step. `CaptionDecoder.generate` now
-decodes with a KV cache (vlpipe/models/mini/decoding.py: `CachedStep`); the baseline here is the
-same beam search with the old full-prefix step (`FullPrefixStep`), on the same weights and
-memories, checked to give the same token ids.
+decodes with a KV cache, cross-attention once per image and finished images leaving the batch
+(vlpipe/models/mini/decoding.py); the baseline here is the same beam search with the old
+full-prefix step (`FullPrefixStep`), on the same weights and memories, checked to give the same
+token ids. On a CPU with native bf16 it also times the decoder with its weights in bf16 (what
+`--precision auto` picks there) against fp32, and counts the captions that stay identical.
 
     python -m bench.kv_cache [--images 64] [--model mini] [--quick]
     python -m bench.kv_cache --smoke   # 4 images, 6 tokens, nothing published
@@ -48,7 +50,7 @@ def memories(model, paths, batch: int) -> list[torch.Tensor]:
     out = []
     with torch.inference_mode():
         for i in range(0, len(pixels), batch):
-            out.append(model.decoder.memory(model.grid(torch.stack(pixels[i : i + batch]))))
+            out.append(model.memory(model.grid(torch.stack(pixels[i : i + batch]))))
     return out
 
 
@@ -69,14 +71,33 @@ def time_both(model, mems: list[torch.Tensor], beams: int, max_tokens: int) -> d
     return {"current_s": current, "cached_s": cached, "identical": same, "captions": total}
 
 
+def time_precisions(fp32, bf16, mems: list[torch.Tensor], beams: int, max_tokens: int) -> dict:
+    """Seconds of cached decoding with fp32 and with bf16 weights (interleaved per batch)."""
+    t32 = t16 = 0.0
+    same = total = 0
+    with torch.inference_mode():
+        for mem in mems:
+            t0 = time.perf_counter()
+            a = fp32.decoder.generate(mem, beams, max_tokens)
+            t1 = time.perf_counter()
+            b = bf16.decoder.generate(mem.to(torch.bfloat16), beams, max_tokens)
+            t16 += time.perf_counter() - t1
+            t32 += t1 - t0
+            same += sum(x == y for x, y in zip(a, b, strict=True))
+            total += len(a)
+    return {"fp32_s": t32, "bf16_s": t16, "identical": same, "captions": total}
+
+
 def run(args) -> dict:
+    from vlpipe.models.precision import native_bf16_flags
     from vlpipe.models.registry import load_captioner
 
     report = Report(result_name(NAME, args.smoke), TITLE)
-    model = load_captioner(args.model, device="cpu")
+    model = load_captioner(args.model, device="cpu", precision="fp32")
     paths = ensure(args.images, "mixed", **corpus_args(args.smoke))
     mems = memories(model, paths, args.batch_size)
-    rows = {}
+    rows, bf16_rows = {}, {}
+    bf16 = load_captioner(args.model, device="cpu", precision="bf16")
     for beams in sorted({1, model.num_beams}):
         for threads in (1, 2):
             torch.set_num_threads(threads)
@@ -90,12 +111,26 @@ def run(args) -> dict:
                     note=f"{r['identical']}/{r['captions']} identical captions",
                 )
             )  # fmt: skip
+            if not native_bf16_flags():
+                continue  # bf16 is emulated (slow) there, and auto never picks it
+            p = time_precisions(model, bf16, mems, beams, args.max_tokens)
+            bf16_rows[f"beams={beams}, torch threads={threads}"] = p
+            report.add(
+                Figure(
+                    f"caption decoding in bf16, beams {beams}, {threads} thread(s)",
+                    p["captions"] / p["bf16_s"], p["captions"] / p["fp32_s"],
+                    "the same decoder in fp32", "captions/s",
+                    note=f"{p['identical']}/{p['captions']} identical captions",
+                )
+            )  # fmt: skip
     report.details = {
         "corpus": describe(paths),
         "model": args.model,
         "batch_size": args.batch_size,
         "max_tokens": args.max_tokens,
+        "cpu_bf16": list(native_bf16_flags()),
         "runs": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in rows.items()},
+        "bf16_runs": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in bf16_rows.items()},
     }
     return report.finish()
 
@@ -116,6 +151,18 @@ def markdown(result: dict) -> str:
             f"| {k} | {r['identical']}/{r['captions']} | {r['current_s']:.2f}"
             f" | {r['cached_s']:.2f} |"
         )
+    if d.get("bf16_runs"):
+        lines += [
+            "",
+            "The cached decoder with its weights in bf16 (what `--precision auto` picks on this"
+            " CPU) against fp32, on the same memories:",
+            "",
+            "| setting | identical captions | fp32 s | bf16 s |",
+            "|---|---|---|---|",
+        ]
+        for k, r in d["bf16_runs"].items():
+            same = f"{r['identical']}/{r['captions']}"
+            lines.append(f"| {k} | {same} | {r['fp32_s']:.2f} | {r['bf16_s']:.2f} |")
     return "\n".join(lines)
 
 

@@ -240,7 +240,7 @@ def test_kv_cached_decoding_gives_the_same_captions_as_full_prefix(random_mini, 
 
     model = load_mini(random_mini, device="cpu")
     torch.manual_seed(beams)
-    memory = model.decoder.memory(torch.randn(5, 1280, 7, 7))
+    memory = model.memory(torch.randn(5, 1280, 7, 7))
     with torch.inference_mode():
         expected = full_prefix_generate(model.decoder, memory, beams, 30)
         assert any(len(ids) > 2 for ids in expected)  # real sequences, not an immediate end

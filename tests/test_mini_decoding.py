@@ -21,7 +21,7 @@ def shipped():
     model = load_mini(device="cpu", precision="fp32", backend="torch")
     pixels = torch.stack([model.preprocess(Image.open(p)) for p in EXAMPLES])
     with torch.inference_mode():
-        return model, model.decoder.memory(model.grid(pixels))
+        return model, model.memory(model.grid(pixels))
 
 
 @pytest.mark.parametrize("beams", [1, 3, 5])

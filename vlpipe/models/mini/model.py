@@ -208,10 +208,14 @@ class MiniModel(CaptionEmbedder):
             grid = self.tower().grid(x.contiguous(memory_format=torch.channels_last))
         return grid.to(self.head_dtype)
 
+    def memory(self, grid: torch.Tensor) -> torch.Tensor:
+        """The caption decoder's memory cells for a grid, in the decoder's precision."""
+        with torch.inference_mode():
+            return self.decoder.memory(grid.to(self.device, self.dtype))
+
     def captions_from_grid(self, grid: torch.Tensor, max_tokens: int = 30) -> list[str]:
         with torch.inference_mode():
-            memory = self.decoder.memory(grid.to(self.dtype))
-            ids = self.decoder.generate(memory, self.num_beams, max_tokens)
+            ids = self.decoder.generate(self.memory(grid), self.num_beams, max_tokens)
         return [self.vocab.decode(row) for row in ids]
 
     def embed_grid(self, grid: torch.Tensor) -> np.ndarray:
