@@ -25,6 +25,8 @@ EXCEPTIONS: list[tuple[str, str, str]] = [
     ("BENCHMARKS.md", "The goal of 2.5x is not met", "a goal the issue sets"),
     ("docs/vlpipe-mini.md", "The issue's floor is 10 images/s", "a goal the issue sets"),
     ("docs/vlpipe-mini.md", "above 10 images/s", "the issue's floor, a goal"),
+    ("docs/vlpipe-mini.md", "| issue 4 / issue 17 target | 0.28 | | 0.70 | | | | 0.20 | 0.50 |",
+     "the issues' quality goals"),
     ("README.md", "ranking counts 4x when", "a fusion weight, a setting"),
     ("README.md", "and 0.1x otherwise", "a fusion weight, a setting"),
     ("docs/dedup.md", "past 4x the rows it was trained for", "a rebuild threshold, a setting"),

@@ -5,6 +5,7 @@ from a committed results file (bench/figures.py): a figure left over from a supe
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def results_dir(tmp_path: Path) -> Path:
     figure = {"metric": "throughput", "unit": "images/s", "vlpipe": 28.7958, "baseline": 20.8809,
               "baseline_name": "naive script", "ratio": 1.379, "goal": ">= 3.0", "met": False,
               "note": ""}  # fmt: skip
-    runs = [{"peak_rss_mb": 1393, "p95_ms": 34.2}]
+    runs = [{"peak_rss_mb": 1393, "p95_ms": 34.2, "t2i_r1": 0.3333}]
     record = {"name": "e2e", "title": "End to end on CPU: vlpipe-mini captions + embeddings",
               "figures": [figure], "details": {"runs": runs}}  # fmt: skip
     (folder / "e2e.json").write_text(json.dumps(record))
@@ -137,3 +138,26 @@ def test_every_exception_still_excuses_a_figure():
     assert unused_exceptions(default_files(), [("README.md", "gone 9x", "")]) == [
         ("README.md", "gone 9x", "")
     ]
+
+
+def test_table_columns_with_a_unit_or_a_quality_metric_in_the_header_are_figures(tmp_path):
+    table = (
+        "From the e2e block:\n\n"
+        "| run | images/s (median) | t2i R@1 | rounds |\n|---|---|---|---|\n"
+        "| now | **28.8** | 0.333 | 3 |\n| before | 16.4 | 0.334 | 2 |\n"
+    )
+    assert flagged(tmp_path, table) == ["16.4", "0.334"]
+
+
+def test_the_readme_quality_table_is_held_to_the_shipped_model_record(tmp_path):
+    text = (REPO / "README.md").read_text("utf-8")
+    header = text.index("| text-to-image R@1")
+    row_start = text.index("\n| ", text.index("\n|---", header) + 1) + 1
+    first = re.search(r"\d+\.\d{3}", text[row_start:])
+    wrong = f"{float(first.group(0)) + 0.0071:.3f}"
+    at = row_start + first.start()
+    readme = tmp_path / "README.md"
+    readme.write_text(text[:at] + wrong + text[at + len(first.group(0)) :])
+    result = check(str(readme))
+    assert result.returncode == 1
+    assert f"{wrong!r} is in no vlpipe/models/mini/weights/vlpipe_mini.json" in result.stdout
