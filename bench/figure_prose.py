@@ -107,7 +107,20 @@ def figures_in(path: Path, repo: Path = REPO, names: dict[str, str] | None = Non
         cites = citations(_paragraph(original, lines, number - 1), names)
         for value in filter(None, (m.group("a"), m.group("b"))):
             found.append(Found(rel, number, written, value, unit, lines[number - 1].strip(), cites))
+    for m in QUALITY.finditer(text):
+        number = text.count("\n", 0, m.start()) + 1
+        cites = citations(_paragraph(original, lines, number - 1), names)
+        written = " ".join(m.group(0).split())
+        context = lines[number - 1].strip()
+        found.append(Found(rel, number, written, m.group("a"), "quality", context, cites))
     return sorted(found, key=lambda f: f.line)
+
+
+#: a quality figure in running text: the number right after its metric's name ("precision
+#: 0.982", "t2i R@1 0.245", "BLEU-4 0.210"); thresholds ("cosine 0.88") are settings
+QUALITY = re.compile(
+    r"(?<![\w-])(?:precision|recall(?:@\d+)?|R@\d+|BLEU-4|CIDEr|agreement)\s(?P<a>[01]\.\d+)(?![\w.])"
+)
 
 
 #: a table column whose header names a unit or a model quality metric holds figures of it

@@ -19,7 +19,9 @@ def quantity_of_key(key: str) -> tuple[str, float] | None:
     """What a results file's key measures, from its name (`images_s`, `infer_s`, `peak_rss_mb`,
     `p95_ms`, `ratio`): (quantity, factor to its base unit), or None where the name does not say."""
     key = key.removesuffix("[]").lower()
-    if re.fullmatch(r"(t2i_|i2t_)?r\d+|bleu4|cider", key):
+    if re.fullmatch(r"(t2i_|i2t_)?r\d+|bleu4|cider", key) or re.search(
+        r"precision|recall|agreement", key
+    ):
         return "quality", 1.0
     if key.endswith("images_s") or key.endswith("_per_s") or key == "rate":
         return "rate", 1.0

@@ -4,9 +4,11 @@
     python -m bench.figures FILE ...     # check other markdown files (the test plants one)
 
 A figure is a number with a unit of speed, time or memory (`28.8 images/s`, `34 ms`, `1.3 GB`,
-ranges such as `1.3-1.4 GB`, wrapped across lines too), a ratio (`1.38x`), or a number in a table
-column whose header names such a unit (`images/s (median)`) or a model quality metric (`t2i R@1`,
-`BLEU-4`, `CIDEr`: matched against results' `t2i_r1`, `bleu4`, ... only). It is current when a
+ranges such as `1.3-1.4 GB`, wrapped across lines too), a ratio (`1.38x`), a number in a table
+column whose header names such a unit (`images/s (median)`) or a quality metric (`t2i R@1`,
+`BLEU-4`, `CIDEr`), or the number right after a quality metric's name in running text
+(`precision 0.982`, `R@1 0.245`); quality figures match only the results' quality numbers
+(`t2i_r1`, `bleu4`, `precision`, `recall_crop`, ...). It is current when a
 number of the same quantity in the committed results rounds to it at the precision the prose
 shows: `28.8 images/s` matches 28.7958 images/s, `1.4 GB` 1,393 MB, `34 ms` 0.034 s. Which results:
 - the ones its paragraph (a table row: the row and the paragraph above the table) names, where it
@@ -30,8 +32,8 @@ Policy (what is not checked, and why):
   it is not a claim about the shipped code, and nothing else may go there;
 - code (fenced blocks and inline code): commands, flags and sample output;
 - counts, sizes and settings without a unit of speed, memory or ratio (`2 cores`, `224 px`,
-  `batch 32`, dates, versions), quality figures in running text (only table columns are read),
-  durations spelled out in words (`90 minutes`);
+  `batch 32`, dates, versions), thresholds (`cosine 0.88`), quality figures not right after their
+  metric's name (`0.244 / 0.687`), durations spelled out in words (`90 minutes`);
 - the entries of bench/figure_exceptions.py: figures in the prose that are not benchmark outputs
   (a goal, a setting, arithmetic, another package's size), each with its reason; an entry that
   excuses no figure any more fails the check too.

@@ -161,3 +161,10 @@ def test_the_readme_quality_table_is_held_to_the_shipped_model_record(tmp_path):
     result = check(str(readme))
     assert result.returncode == 1
     assert f"{wrong!r} is in no vlpipe/models/mini/weights/vlpipe_mini.json" in result.stdout
+
+
+def test_quality_figures_in_running_text_are_checked(tmp_path):
+    prose = (
+        "In the e2e block, t2i R@1 0.333 and recall 0.95; the band's cosine 0.78 is a setting.\n"
+    )
+    assert flagged(tmp_path, prose) == ["recall 0.95"]
