@@ -12,6 +12,15 @@ import functools
 import sys
 from dataclasses import dataclass
 
+__all__ = [
+    "BF16_MEASURED_HUB_EMBEDDERS",
+    "NATIVE_BF16_FLAGS",
+    "PRECISIONS",
+    "Precision",
+    "native_bf16_flags",
+    "resolve_precision",
+]
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 #: hub embedder families (config model_type) whose CPU bf16 accuracy was measured
 #: (docs/precision.md): `auto` may pick bf16 for them; other hub models stay fp32 on CPU
