@@ -15,7 +15,19 @@ from vlpipe.version import __version__
 
 
 class VlpipeGroup(click.Group):
-    """Turns VlpipeError (and a few well-known OS errors) into one line on stderr and exit 1."""
+    """Turns VlpipeError (and a few well-known OS errors) into one line on stderr and exit 1;
+    as the process's command line, ends it without the interpreter's teardown (quick_exit)."""
+
+    def main(self, args=None, *rest, **kwargs):
+        if args is not None or not kwargs.get("standalone_mode", True) or rest:
+            return super().main(args, *rest, **kwargs)  # called from code (tests' CliRunner)
+        try:
+            return super().main(args, **kwargs)
+        except SystemExit as exc:  # standalone click always ends so, with the exit code
+            from vlpipe.cli.quick_exit import exit_now
+
+            exit_now(exc.code)
+            raise
 
     def invoke(self, ctx: click.Context):
         try:
