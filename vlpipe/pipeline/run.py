@@ -37,7 +37,7 @@ from vlpipe.rundir import PLAN, PROGRESS, SUCCESS, RunDir, write_atomic
 from vlpipe.schema import RESERVED_COLUMNS, SCHEMA_VERSION
 from vlpipe.storage import StorageError, configure_retries
 from vlpipe.version import __version__
-from vlpipe.worker.handlers import VlpipeModelHandler
+from vlpipe.worker.inference import ImageInference
 from vlpipe.worker.shard import ProcessShard, ShardOptions, ShardWork
 
 __all__ = ["RunSummary", "run"]
@@ -206,8 +206,8 @@ def _device_type(config: RunConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def make_handler(config: RunConfig) -> VlpipeModelHandler:
-    return VlpipeModelHandler.for_run(config)
+def make_handler(config: RunConfig) -> ImageInference:
+    return ImageInference.for_run(config)
 
 
 def run_shards(config: RunConfig, todo: list[ShardWork], dim: int) -> None:

@@ -17,7 +17,7 @@ from vlpipe.outputs.parquet import failure_row
 from vlpipe.reading.files import read_bytes
 from vlpipe.reading.specs import Record
 from vlpipe.schema import STAGE_DECODE, STAGE_FILTER, STAGE_INPUT, STAGE_READ
-from vlpipe.worker.handlers import Models, PreparedImage, prepare_image
+from vlpipe.worker.inference import Models, PreparedImage, prepare_image
 
 #: records per decode task: a task per image would cost more than a missing file's whole path
 GROUP = 8

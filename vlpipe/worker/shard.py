@@ -2,10 +2,10 @@
 
 Why not `RunInference` directly: Beam 2.77's DaskRunner drops every element a DoFn emits from
 `finish_bundle`, and BatchElements (inside RunInference) and WriteToParquet emit their last batch
-there, so rows silently vanish on that runner. Doing read, decode, batched inference (through the
-same `VlpipeModelHandler` a user would give RunInference) and the part writes inside one `process`
-call per spec emits nothing from `finish_bundle`, is correct on every runner, bounds memory by the
-shard size and makes the spec the unit of resume.
+there, so rows silently vanish on that runner. Doing read, decode, batched inference (through
+ImageInference, which a user gives RunInference as VlpipeModelHandler) and the part writes inside
+one `process` call per spec emits nothing from `finish_bundle`, is correct on every runner, bounds
+memory by the shard size and makes the spec the unit of resume.
 
 The spec streams: a tar is read once, sequentially, in a reader thread; decoding runs in a thread
 pool a bounded number of images ahead of the model; a part is written every `shard_size` inputs.
@@ -41,7 +41,7 @@ from vlpipe.rundir import FAILED, PARTS, RunDir
 from vlpipe.schema import STAGE_INFER
 from vlpipe.storage import DEFAULT_RETRIES, configure_retries
 from vlpipe.worker.devices import worker_device
-from vlpipe.worker.handlers import Models, PreparedImage, VlpipeModelHandler
+from vlpipe.worker.inference import ImageInference, Models, PreparedImage
 from vlpipe.worker.prefetch import prepare_ahead
 from vlpipe.worker.progress import WorkerProgress
 
@@ -78,7 +78,7 @@ class ShardWork:
 class ProcessShard(beam.DoFn):
     """ShardWork -> one summary dict per spec; parts and the marker are written as side effects."""
 
-    def __init__(self, handler: VlpipeModelHandler, options: ShardOptions):
+    def __init__(self, handler: ImageInference, options: ShardOptions):
         self._handler = handler
         self._options = options
 
@@ -136,7 +136,7 @@ class _Tally:
 def process_shard(
     work: ShardWork,
     models: Models,
-    handler: VlpipeModelHandler,
+    handler: ImageInference,
     options: ShardOptions,
     progress: WorkerProgress | None = None,
 ) -> dict:
@@ -329,7 +329,7 @@ def privacy_counts(rows: list[dict]) -> Counter:
 
 
 def infer_with_retry(
-    batch: list[PreparedImage], models: Models, handler: VlpipeModelHandler
+    batch: list[PreparedImage], models: Models, handler: ImageInference
 ) -> tuple[list, list[tuple[PreparedImage, str]]]:
     """A batch that raises (out of memory, or one image the model cannot take) is retried in
     halves, and those halves in halves, down to single images: only an image that fails alone
