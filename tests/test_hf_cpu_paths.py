@@ -225,3 +225,18 @@ def test_a_cached_graph_run_builds_no_torch_image_tower(tiny_dirs, tmp_path):
     second = imported("second")
     unwanted = {tower, "torchvision", "transformers.image_processing_utils", "apache_beam.ml"}
     assert not unwanted & second
+
+
+def test_a_worker_loads_the_image_tower_before_its_first_batch(tiny_dirs, in_cache, tmp_path):
+    """ProcessShard.setup starts the image tower's load (the graph read, compiled and warmed
+    up) in the background, so it overlaps the first batch's decoding instead of following it."""
+    from vlpipe.worker.inference import ImageInference
+    from vlpipe.worker.shard import ProcessShard, ShardOptions
+
+    handler = ImageInference("none", tiny_dirs["clip"], "cpu", "fp32", backend="openvino")
+    shard = ProcessShard(handler, ShardOptions(str(tmp_path / "out"), dim=32))
+    shard.setup()
+    embedder = shard._models.embedder
+    shard._tower_loader.join(timeout=120)
+    assert embedder.loaded_towers == ["vision"]  # no batch has been embedded
+    assert list(in_cache.glob("*.xml"))

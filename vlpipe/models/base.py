@@ -113,6 +113,11 @@ class Embedder(ABC):
     def describe(self) -> dict:
         """JSON-able name and config, recorded in the manifest and the index."""
 
+    def load_image_tower(self) -> None:
+        """Load now what `embed_images` would load at its first call (a worker does this in the
+        background while its first batch decodes); nothing where nothing loads lazily."""
+        return None
+
     def fingerprint(self) -> str:
         """Identity of the embedding space: an index refuses vectors from another one."""
         import hashlib

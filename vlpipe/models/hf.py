@@ -311,6 +311,9 @@ class HFEmbedder(Embedder):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.recipe.to_uint8(image)
 
+    def load_image_tower(self) -> None:
+        self._get("vision")
+
     def embed_images(self, pixels: torch.Tensor) -> np.ndarray:
         model = self._get("vision")
         if self.backend == "openvino":

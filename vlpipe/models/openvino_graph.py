@@ -49,7 +49,12 @@ def compile_module(
         "PERFORMANCE_HINT": "LATENCY",  # one batch at a time, all of it on this worker's threads
     }
     compiled = core.compile_model(model, "CPU", config)
-    return lambda x: compiled(np.ascontiguousarray(x, dtype=np.float32))[0]
+    call = lambda x: compiled(np.ascontiguousarray(x, dtype=np.float32))[0]  # noqa: E731
+    # The first call sets up (about 0.2 s of CPU for CLIP B/32, whatever the batch): done here
+    # on one image, so a worker that loads the tower in the background (vlpipe.worker.shard)
+    # does it while its first batch decodes.
+    call(example[:1].numpy())
+    return call
 
 
 def _load_cached(core, path: str):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -87,6 +88,7 @@ class ProcessShard(beam.DoFn):
         configure_retries(self._options.storage_retries)  # a remote worker has no driver config
         handler = self._handler.on_device(worker_device(self._handler.device))
         self._models = handler.load_model()
+        self._tower_loader = load_image_tower_in_background(self._models)
         self._progress = WorkerProgress(RunDir(self._options.output))
 
     def process(self, work: ShardWork):
@@ -94,6 +96,24 @@ class ProcessShard(beam.DoFn):
 
     def finish_bundle(self) -> None:
         self._progress.flush()  # a side effect only: nothing is emitted here (see above)
+
+
+def load_image_tower_in_background(models: Models) -> threading.Thread | None:
+    """Load (for a compiled graph: read, compile and warm up) the embedder's image tower in a
+    thread while the first batch decodes, instead of after it (the tower's lock makes the first
+    batch wait for it). Any error is left for that first batch to raise: it loads again."""
+    if models.embedder is None:
+        return None
+
+    def load() -> None:
+        try:
+            models.embedder.load_image_tower()
+        except Exception:  # noqa: BLE001, S110 - the first batch's own load reports it
+            pass
+
+    thread = threading.Thread(target=load, name="vlpipe-load-image-tower", daemon=True)
+    thread.start()
+    return thread
 
 
 class _Tally:
