@@ -228,6 +228,34 @@ def test_fingerprint_ignores_precision_but_not_weights(tiny_dirs, tmp_path):
     assert load_embedder(str(path), device="cpu").fingerprint() != fp32.fingerprint()
 
 
+@pytest.mark.parametrize("family", EMBEDDERS)
+def test_saved_facts_give_the_same_embedder_without_its_config(
+    family, tiny_dirs, images, tmp_path, monkeypatch
+):
+    """A second load of a local checkpoint takes family, width and fingerprint from the facts
+    the first saved (vlpipe.models.hf_facts), reading no transformers config until a tower
+    needs it; a changed config.json is a new checkpoint, its facts computed again."""
+    monkeypatch.setenv("VLPIPE_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / family
+    shutil.copytree(tiny_dirs[family], path)
+    first = load_embedder(str(path), device="cpu", precision="fp32")
+    assert first._config is not None and not list((tmp_path / "cache").rglob("hf-facts-*"))
+    print_ = first.fingerprint()  # computed with the config, and saved
+    second = load_embedder(str(path), device="cpu", precision="fp32")
+    assert second._config is None  # from the saved facts
+    assert (second.fingerprint(), second.describe()) == (print_, first.describe())
+    pixels = torch.stack([second.preprocess(im.convert("RGB")) for im in images])
+    np.testing.assert_array_equal(second.embed_images(pixels), first.embed_images(pixels))
+    texts = ["a red square", "two dogs"]
+    np.testing.assert_array_equal(second.embed_texts(texts), first.embed_texts(texts))
+
+    config = json.loads((path / "config.json").read_text())
+    config["logit_scale_init_value"] = 1.5  # a value the fingerprint's config holds
+    (path / "config.json").write_text(json.dumps(config))
+    third = load_embedder(str(path), device="cpu", precision="fp32")
+    assert third._config is not None and third.fingerprint() != print_
+
+
 def test_sharded_checkpoint_loads_and_fingerprints(tiny_dirs, embedders, tmp_path):
     from transformers import CLIPModel
 

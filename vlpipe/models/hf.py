@@ -24,6 +24,7 @@ from PIL import Image
 from vlpipe.errors import ModelLoadError, VlpipeError
 from vlpipe.models.backends import OPENVINO_HUB_CAPTIONERS, OPENVINO_HUB_EMBEDDERS, resolve_backend
 from vlpipe.models.base import Captioner, Embedder, l2_normalize, resolve_device, resolve_dtype
+from vlpipe.models.hf_facts import config_or_facts, joint_width, save_facts
 from vlpipe.models.hf_load import from_pretrained as _from_pretrained
 from vlpipe.models.hf_load import load_config as _load_config
 from vlpipe.models.hf_load import place as _place
@@ -243,17 +244,28 @@ class HFEmbedder(Embedder):
         device: torch.device,
         dtype: torch.dtype,
         backend: str = "torch",
+        facts: dict | None = None,
     ):
-        self.name, self.location, self.config, self.recipe = name, location, config, recipe
-        self.family = config.model_type
+        """`config` None: read at first use, with `facts` (vlpipe.models.hf_facts) saying the
+        family, width and fingerprint meanwhile (a cached-graph image tower needs no more)."""
+        self.name, self.location, self._config, self.recipe = name, location, config, recipe
+        facts = facts or {"model_type": config.model_type, "dim": joint_width(config)}
+        self.family, self.dim = facts["model_type"], facts["dim"]
+        self._fingerprint = facts.get("fingerprint")
         self.backend = backend  # "openvino": the image tower runs as a compiled graph on CPU
         self.towers = EMBEDDERS[self.family]
         self.device, self.dtype = device, dtype
-        self.dim = int(getattr(config, "projection_dim", None) or config.text_config.hidden_size)
         self.image_size = recipe.image_size
         self._loaded: dict[str, object] = {}
         self._load_lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()
+
+    @property
+    def config(self):
+        """The transformers config (importing transformers: about 0.7 s), read at first use."""
+        if self._config is None:
+            self._config = _load_config(self.name)[1]
+        return self._config
 
     @property
     def loaded_towers(self) -> list[str]:
@@ -269,13 +281,13 @@ class HFEmbedder(Embedder):
         return self._loaded[part]
 
     def _load(self, part: str):
-        import transformers
-
+        if part == "vision" and self.backend == "openvino":
+            return self._compiled_vision()  # a cached graph imports no transformers
         if part == "tokenizer":
+            import transformers
+
             loader = transformers.AutoTokenizer.from_pretrained
             return _from_pretrained(self.name, loader, self.location)
-        if part == "vision" and self.backend == "openvino":
-            return self._compiled_vision()
         # On CPU the text tower stays fp32: it embeds queries and captions, cheap next to images,
         # and a query's vector then does not depend on the precision the images were run in.
         cpu_text = part == "text" and self.device.type == "cpu"
@@ -352,7 +364,14 @@ class HFEmbedder(Embedder):
 
     def fingerprint(self) -> str:
         """The embedding space's identity (vlpipe.models.hf_weights.checkpoint_fingerprint)."""
-        return checkpoint_fingerprint(self.name, self.location, self.config, self.recipe.describe())
+        if self._fingerprint is None:
+            pixels = self.recipe.describe()
+            self._fingerprint = checkpoint_fingerprint(
+                self.name, self.location, self.config, pixels
+            )
+            facts = {"model_type": self.family, "dim": self.dim, "fingerprint": self._fingerprint}
+            save_facts(self.name, self.location, facts)
+        return self._fingerprint
 
 
 def load_hf_embedder(
@@ -361,17 +380,18 @@ def load_hf_embedder(
     """A CLIP, SigLIP or SigLIP 2 joint embedder from a hub id or a local directory (towers
     load lazily). `precision` auto picks bf16 on CPU only for families whose bf16 was measured,
     `backend` (vlpipe.models.backends) runs CLIP and SigLIP image towers through OpenVINO."""
-    location, config = _load_config(name_or_path)
-    if config.model_type not in EMBEDDERS:
+    location, config, facts = config_or_facts(name_or_path)
+    family = facts["model_type"] if facts else config.model_type
+    if family not in EMBEDDERS:
         known = {**EMBEDDERS, "open_clip:ARCH@TAG": None}
-        raise _unsupported(name_or_path, config.model_type, "embedder", known)
+        raise _unsupported(name_or_path, family, "embedder", known)
     torch_device = resolve_device(device)
-    measured = config.model_type in BF16_MEASURED_HUB_EMBEDDERS
+    measured = family in BF16_MEASURED_HUB_EMBEDDERS
     dtype = resolve_dtype(torch_device, precision, bf16_measured=measured)
     recipe = _pixel_recipe(name_or_path, location)
     runs = resolve_backend(backend, torch_device.type)
-    if config.model_type not in OPENVINO_HUB_EMBEDDERS or not isinstance(recipe, PixelRecipe):
+    if family not in OPENVINO_HUB_EMBEDDERS or not isinstance(recipe, PixelRecipe):
         runs = "torch"
-    embedder = HFEmbedder(name_or_path, location, config, recipe, torch_device, dtype, runs)
+    embedder = HFEmbedder(name_or_path, location, config, recipe, torch_device, dtype, runs, facts)
     weight_files(name_or_path, location)  # fail now, not at the first batch, if there are none
     return embedder

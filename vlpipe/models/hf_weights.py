@@ -55,6 +55,9 @@ def weight_files(name: str, location: str) -> list[str]:
 
 
 def _local_file(name: str, location: str, filename: str, required: bool = False) -> str | None:
+    path = os.path.join(location, filename)
+    if os.path.isdir(location) and (os.path.isfile(path) or not required):
+        return path if os.path.isfile(path) else None  # a local folder: no transformers import
     from transformers.utils import cached_file
 
     try:

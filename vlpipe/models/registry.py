@@ -156,9 +156,10 @@ def _hub_family(name: str) -> str | None:
     if name.startswith(OPEN_CLIP):
         return None
     from vlpipe.errors import ModelLoadError
-    from vlpipe.models.hf_load import load_config
+    from vlpipe.models.hf_facts import model_type
+    from vlpipe.models.hf_load import load_config, resolve
 
-    try:
-        return load_config(name)[1].model_type
+    try:  # a local config.json's model_type is read as JSON: no transformers import for it
+        return model_type(resolve(name)) or load_config(name)[1].model_type
     except ModelLoadError:
         return None
