@@ -115,3 +115,18 @@ def test_a_run_uses_and_records_the_backend(tmp_path, monkeypatch):
         rows = pq.read_table(out / "parts").to_pylist()
         captions[backend] = {r["uri"]: r["caption"] for r in rows}
     assert captions["openvino"] == captions["torch"]
+
+
+def test_a_worker_loads_the_mini_tower_before_its_first_batch(in_cache, tmp_path):
+    """ProcessShard.setup starts vlpipe-mini's tower load (its graph read or converted, then
+    compiled) in the background, so it overlaps the first batch's decoding."""
+    from vlpipe.worker.inference import ImageInference
+    from vlpipe.worker.shard import ProcessShard, ShardOptions
+
+    handler = ImageInference("mini", "mini", "cpu", "fp32", backend="openvino")
+    shard = ProcessShard(handler, ShardOptions(str(tmp_path / "out"), dim=256))
+    shard.setup()
+    model = shard._models.embedder
+    shard._tower_loader.join(timeout=300)
+    assert model._compiled_grid is not None and model._tower is None  # no batch has run
+    assert list(in_cache.glob("*.xml"))

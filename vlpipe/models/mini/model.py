@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 import torch
@@ -135,6 +136,7 @@ class MiniModel(CaptionEmbedder):
         self._text = None
         self.backend = "torch"  # or "openvino": the image tower runs compiled (load's backend=)
         self._compiled_grid = None
+        self._tower_lock = threading.Lock()  # a worker loads the tower in a background thread
 
     @classmethod
     def load(
@@ -156,10 +158,17 @@ class MiniModel(CaptionEmbedder):
 
     # -- towers, loaded on first use
     def tower(self) -> EfficientNetLite:
-        if self._tower is None:
-            tower = self._fp32_tower().to(self.device, self.dtype)
-            self._tower = tower.to(memory_format=torch.channels_last)
+        with self._tower_lock:
+            if self._tower is None:
+                tower = self._fp32_tower().to(self.device, self.dtype)
+                self._tower = tower.to(memory_format=torch.channels_last)
         return self._tower
+
+    def load_image_tower(self) -> None:
+        if self.backend == "openvino":
+            self.compiled_grid()
+        else:
+            self.tower()
 
     def _fp32_tower(self) -> EfficientNetLite:
         tower = EfficientNetLite.pretrained(self.tower_name)
@@ -173,17 +182,18 @@ class MiniModel(CaptionEmbedder):
 
     def compiled_grid(self):
         """The tower's grid as an OpenVINO call (converted once, then cached on disk)."""
-        if self._compiled_grid is None:
-            from vlpipe.models.openvino_graph import compile_module
+        with self._tower_lock:
+            if self._compiled_grid is None:
+                from vlpipe.models.openvino_graph import compile_module
 
-            size = self.image_size
-            key = f"{self._fingerprint}-{self.tower_name}-grid{size}"
-            self._compiled_grid = compile_module(
-                lambda: TowerGrid(self._fp32_tower()),
-                torch.zeros(2, 3, size, size),
-                key,
-                "bf16" if self.dtype == torch.bfloat16 else "fp32",
-            )
+                size = self.image_size
+                key = f"{self._fingerprint}-{self.tower_name}-grid{size}"
+                self._compiled_grid = compile_module(
+                    lambda: TowerGrid(self._fp32_tower()),
+                    torch.zeros(2, 3, size, size),
+                    key,
+                    "bf16" if self.dtype == torch.bfloat16 else "fp32",
+                )
         return self._compiled_grid
 
     def text_tower(self):
