@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from apache_beam.ml.inference.base import ModelHandler
 
-from vlpipe.models.prompting import Prompting
 from vlpipe.worker.inference import (
     ImageInference,
     ImageResult,
@@ -28,33 +27,12 @@ __all__ = ["ImageResult", "Models", "PreparedImage", "VlpipeModelHandler", "prep
 class VlpipeModelHandler(ImageInference, ModelHandler[PreparedImage, ImageResult, Models]):
     """Loads the captioner and embedder once per process; one forward pass per batch."""
 
-    def __init__(
-        self,
-        captioner: str = "mini",
-        embedder: str = "mini",
-        device: str = "auto",
-        precision: str = "auto",
-        max_caption_tokens: int = 30,
-        min_batch_size: int = 1,
-        max_batch_size: int = 32,
-        prompting: Prompting | None = None,
-        scores: tuple[str, ...] = (),
-        backend: str = "torch",
-        detect_faces: bool = False,
-    ):
-        ModelHandler.__init__(self, min_batch_size=min_batch_size, max_batch_size=max_batch_size)
-        ImageInference.__init__(
-            self,
-            captioner=captioner,
-            embedder=embedder,
-            device=device,
-            precision=precision,
-            max_caption_tokens=max_caption_tokens,
-            max_batch_size=max_batch_size,
-            prompting=prompting,
-            scores=scores,
-            backend=backend,
-            detect_faces=detect_faces,
+    def __init__(self, *args, min_batch_size: int = 1, **kwargs):
+        """ImageInference's arguments (captioner, embedder, device, ...), plus Beam's smallest
+        batch; Beam's largest is ImageInference's `max_batch_size`."""
+        ImageInference.__init__(self, *args, **kwargs)
+        ModelHandler.__init__(
+            self, min_batch_size=min_batch_size, max_batch_size=self.max_batch_size
         )
 
     def get_metrics_namespace(self) -> str:
