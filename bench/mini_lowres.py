@@ -106,12 +106,12 @@ def evaluate(out: Path, p: Photos) -> dict:
 
 
 def measure(kind: str, model: str, p: Photos) -> dict:
+    # always a fresh run (--overwrite): an earlier one may hold another model's outputs
     out = p.root / f"out-{kind}-{Path(model).name}"
-    if not (out / "_SUCCESS").exists():
-        subprocess.run([sys.executable, "-m", "vlpipe", "run", str(manifest(kind, p)), "--output",
-                        str(out), "--captioner", model, "--embedder", model, "--no-index",
-                        "--no-progress", "--overwrite"], check=True, cwd=REPO,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "vlpipe", "run", str(manifest(kind, p)), "--output",
+                    str(out), "--captioner", model, "--embedder", model, "--no-index",
+                    "--no-progress", "--overwrite"], check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
     return evaluate(out, p)
 
 

@@ -24,13 +24,13 @@ KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "bleu4", "cider")
 
 
 def run_and_eval(precision: str, model: str, p: Photos) -> tuple[dict, dict]:
+    # always a fresh run (--overwrite): an earlier one may hold another model's outputs
     out = p.root / f"out-{precision}-{Path(model).name}-{len(p.names)}"
-    if not (out / "_SUCCESS").exists():
-        subprocess.run([sys.executable, "-m", "vlpipe", "run", str(manifest("dev", p)),
-                        "--output", str(out), "--captioner", model, "--embedder", model,
-                        "--precision", precision, "--no-index", "--no-progress", "--overwrite",
-                        "--embedding-dtype", "float32"],
-                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "vlpipe", "run", str(manifest("dev", p)),
+                    "--output", str(out), "--captioner", model, "--embedder", model,
+                    "--precision", precision, "--no-index", "--no-progress", "--overwrite",
+                    "--embedding-dtype", "float32"],
+                   check=True, cwd=REPO, stdout=subprocess.DEVNULL)  # fmt: skip
     rows = pq.read_table(out / "parts", columns=["uri", "embedding", "caption"]).to_pylist()
     return evaluate(out, p), {r["uri"]: r for r in rows}
 
