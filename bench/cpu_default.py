@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     rss: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.rounds):
         for name in list(runs)[:: 1 if r % 2 == 0 else -1]:
-            rate, peak = one_run(*runs[name], manifest)
+            tree, model = runs[name]
+            rate, peak = one_run(tree, manifest, model)
             rates[name].append(rate)
             rss[name].append(peak)
             print(f"round {r + 1}: {name} {rate:.1f} images/s, peak RSS {peak:.0f} MB")
