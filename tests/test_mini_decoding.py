@@ -13,7 +13,7 @@ from tests.helpers.beam_reference import plain_beam_search
 from vlpipe.models.mini import decoding
 from vlpipe.models.mini.model import load_mini
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "images").glob("*.jpg"))[:12]
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "images").glob("*.jpg"))[:10]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def shipped():
         return model, model.memory(model.grid(pixels))
 
 
-@pytest.mark.parametrize("beams", [1, 3, 5])
+@pytest.mark.parametrize("beams", [1, 3])
 def test_beam_search_gives_the_plain_algorithms_tokens(shipped, beams):
     model, memory = shipped
     with torch.inference_mode():
