@@ -198,9 +198,7 @@ def load_hf_captioner(
         from vlpipe.models.hf_openvino import compile_captioner_vision
 
         key = checkpoint_fingerprint(name_or_path, location, config, recipe.describe())
-        width, height = recipe.crop or recipe.square
-        precision_name = "bf16" if dtype == torch.bfloat16 else "fp32"
-        compile_captioner_vision(model, key, (height, width), precision_name)
+        compile_captioner_vision(model, key, recipe.height_width, dtype)
     if model.generation_config.pad_token_id is None:  # GPT-2 style decoders have no pad token
         pad = tokenizer.pad_token_id
         model.generation_config.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
@@ -309,11 +307,9 @@ class HFEmbedder(Embedder):
         embedder's dtype is bf16; the torch tower is read only to build a graph not cached."""
         from vlpipe.models.hf_openvino import compile_image_tower
 
-        width, height = self.recipe.crop or self.recipe.square
-        precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
         tower = lambda: self._tower("vision").eval()  # noqa: E731
-        field = self.towers.vision_output
-        return compile_image_tower(tower, field, self.fingerprint(), (height, width), precision)
+        field, key = self.towers.vision_output, self.fingerprint()
+        return compile_image_tower(tower, field, key, self.recipe.height_width, self.dtype)
 
     def _embeddings(self, output, part: str) -> np.ndarray:
         field = getattr(self.towers, f"{part}_output")

@@ -37,7 +37,7 @@ def compile_image_tower(
     field: str,
     key: str,
     height_width: tuple[int, int],
-    precision: str,
+    dtype: torch.dtype,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The tower's `field` output as an OpenVINO call on normalised float32 NCHW batches.
     `build_tower` loads the fp32 torch tower; it runs only when the graph is not cached yet."""
@@ -47,7 +47,7 @@ def compile_image_tower(
         lambda: ImageEmbeds(build_tower(), field),
         torch.zeros(2, 3, *height_width),
         f"{key}-image{height_width[0]}x{height_width[1]}",
-        precision,
+        dtype,
     )
 
 
@@ -76,7 +76,7 @@ class CompiledVision(torch.nn.Module):
 
 
 def compile_captioner_vision(
-    model: torch.nn.Module, key: str, height_width: tuple[int, int], precision: str
+    model: torch.nn.Module, key: str, height_width: tuple[int, int], dtype: torch.dtype
 ) -> None:
     """Swap a loaded BLIP's `vision_model` for its OpenVINO graph (converted from the model's
     own weights, fp32, on first use; cached by `key`). The torch encoder is dropped."""
@@ -87,6 +87,6 @@ def compile_captioner_vision(
         lambda: LastHiddenState(vision),
         torch.zeros(2, 3, *height_width),
         f"{key}-captioner-vision{height_width[0]}x{height_width[1]}",
-        precision,
+        dtype,
     )
     model.vision_model = CompiledVision(call, next(model.text_decoder.parameters()).dtype)

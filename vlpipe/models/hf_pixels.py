@@ -68,6 +68,12 @@ class PixelRecipe:
         """The shortest source side that needs no upscaling (what decode drafts JPEGs to)."""
         return self.shortest_edge or max(self.square)
 
+    @property
+    def height_width(self) -> tuple[int, int]:
+        """(height, width) of the pixels it makes: the center crop's, else the plain resize's."""
+        width, height = self.crop or self.square
+        return height, width
+
     def to_uint8(self, image: Image.Image) -> torch.Tensor:
         """One image to a uint8 (3, H, W) tensor, resized and cropped like the processor does."""
         image = image if image.mode == "RGB" else image.convert("RGB")

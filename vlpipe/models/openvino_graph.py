@@ -29,13 +29,13 @@ def compile_module(
     build: Callable[[], torch.nn.Module],
     example: torch.Tensor,
     key: str,
-    precision: str,
+    dtype: torch.dtype,
     threads: int | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """`build()(x)` as a compiled OpenVINO call on float32 NCHW arrays (any batch size); `build`
     makes the fp32 torch module only when the cache has no graph for `key`, so a cached run
-    never holds the torch weights. `precision` bf16 lets OpenVINO run in bf16 (only where the
-    CPU has it natively)."""
+    never holds the torch weights. `dtype` bfloat16 (the model's resolved precision, bf16 only
+    where the CPU has it natively) lets OpenVINO run in bf16; anything else runs fp32."""
     import openvino as ov
 
     core = ov.Core()
@@ -44,7 +44,7 @@ def compile_module(
     if model is None:
         model = _convert(build(), example, path)
     config = {
-        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "INFERENCE_PRECISION_HINT": "bf16" if dtype == torch.bfloat16 else "f32",
         "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
         "PERFORMANCE_HINT": "LATENCY",  # one batch at a time, all of it on this worker's threads
     }

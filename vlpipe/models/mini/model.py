@@ -192,7 +192,7 @@ class MiniModel(CaptionEmbedder):
                     lambda: TowerGrid(self._fp32_tower()),
                     torch.zeros(2, 3, size, size),
                     key,
-                    "bf16" if self.dtype == torch.bfloat16 else "fp32",
+                    self.dtype,
                 )
         return self._compiled_grid
 
