@@ -286,12 +286,9 @@ def _stats(s: dict) -> str:
 
 def rule(s: dict, short: bool = False) -> str:
     """What counted as a duplicate, in words (`short`: the CLI's summary line)."""
-    cos = (
-        f"cosine >= {s.get('threshold')}" if short else f"embedding cosine >= {s.get('threshold')}"
-    )
-    bits = f"phash <= {s.get('phash_distance')} bits"
-    if not short:
-        bits = f"phash differs in <= {s.get('phash_distance')} of 64 bits"
+    threshold, distance = s.get("threshold"), s.get("phash_distance")
+    cos = f"cosine >= {threshold}" if short else f"embedding cosine >= {threshold}"
+    bits = f"phash <= {distance} bits" if short else f"phash differs in <= {distance} of 64 bits"
     both = f"{cos} or {bits}"
     if s.get("near_threshold") is not None:  # the verified band (summaries from before: none)
         both += (f" or (cosine >= {s['near_threshold']} among the 16 nearest and phash"
