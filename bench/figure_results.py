@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench.common import REPO, RESULTS
 from bench.figure_prose import FIGURE, NUM, UNITS
+from bench.report import anchor
 
 MODEL_RECORD = REPO / "vlpipe" / "models" / "mini" / "weights" / "vlpipe_mini.json"
 RECORD = "vlpipe_mini"  # what prose cites the shipped model's record by (vlpipe_mini.json)
@@ -118,15 +119,10 @@ def result_names(results: Path = RESULTS) -> dict[str, str]:
         group = results_group(path)
         names[group] = names[path.stem] = group
         title = json.loads(path.read_text("utf-8")).get("title", "")
-        names[_anchor(title)] = group
+        names[anchor(title)] = group
     names.pop("", None)
     names[RECORD] = RECORD
     return names
-
-
-def _anchor(title: str) -> str:
-    """GitHub's anchor of a markdown heading."""
-    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
 def merged(known: dict[str, Pools], names: tuple[str, ...]) -> Pools:

@@ -98,14 +98,14 @@ def summary() -> str:
                 met = "met" if f["met"] else "**not met**"
                 unit = f" ({f['unit']})" if f["unit"] else ""
                 lines.append(
-                    f"| [{name}](#{_anchor(result['title'])}) | {f['metric']}{unit} |"
+                    f"| [{name}](#{anchor(result['title'])}) | {f['metric']}{unit} |"
                     f" {fmt(f['vlpipe'])} | {fmt(f['baseline'])} ({f['baseline_name']}) |"
                     f" {f['ratio']:.2f}x | {f['goal']}: {met} |"
                 )
     return "\n".join(lines) + "\n"
 
 
-def _anchor(title: str) -> str:
+def anchor(title: str) -> str:
     """GitHub's heading anchor: lower case, punctuation dropped, spaces to dashes."""
     return re.sub(r"[^a-z0-9 _-]", "", title.lower()).replace(" ", "-")
 
