@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 
 import torch
 
@@ -54,38 +55,22 @@ def memories(model, paths, batch: int) -> list[torch.Tensor]:
     return out
 
 
-def time_both(model, mems: list[torch.Tensor], beams: int, max_tokens: int) -> dict:
-    """Seconds of full-prefix and of KV-cached decoding (interleaved per batch)."""
-    current = cached = 0.0
+def time_pair(first: tuple, second: tuple, names: tuple[str, str]) -> dict:
+    """Seconds of two decodings, each (decode, its memories), batch by batch interleaved
+    (`first` first), keyed NAME_s, and how many of their captions are identical."""
+    spent = [0.0, 0.0]
     same = total = 0
     with torch.inference_mode():
-        for mem in mems:
-            t0 = time.perf_counter()
-            a = full_prefix_generate(model.decoder, mem, beams, max_tokens)
-            t1 = time.perf_counter()
-            b = model.decoder.generate(mem, beams, max_tokens)
-            cached += time.perf_counter() - t1
-            current += t1 - t0
-            same += sum(x == y for x, y in zip(a, b, strict=True))
-            total += len(a)
-    return {"current_s": current, "cached_s": cached, "identical": same, "captions": total}
-
-
-def time_precisions(fp32, bf16, mems: list[torch.Tensor], beams: int, max_tokens: int) -> dict:
-    """Seconds of cached decoding with fp32 and with bf16 weights (interleaved per batch)."""
-    t32 = t16 = 0.0
-    same = total = 0
-    with torch.inference_mode():
-        for mem in mems:
-            t0 = time.perf_counter()
-            a = fp32.decoder.generate(mem, beams, max_tokens)
-            t1 = time.perf_counter()
-            b = bf16.decoder.generate(mem.to(torch.bfloat16), beams, max_tokens)
-            t16 += time.perf_counter() - t1
-            t32 += t1 - t0
-            same += sum(x == y for x, y in zip(a, b, strict=True))
-            total += len(a)
-    return {"fp32_s": t32, "bf16_s": t16, "identical": same, "captions": total}
+        for batch in zip(first[1], second[1], strict=True):
+            ids = []
+            for i, (decode, mem) in enumerate(zip((first[0], second[0]), batch, strict=True)):
+                t0 = time.perf_counter()
+                ids.append(decode(mem))
+                spent[i] += time.perf_counter() - t0
+            same += sum(x == y for x, y in zip(*ids, strict=True))
+            total += len(ids[0])
+    return {f"{names[0]}_s": spent[0], f"{names[1]}_s": spent[1], "identical": same,
+            "captions": total}  # fmt: skip
 
 
 def run(args) -> dict:
@@ -96,12 +81,16 @@ def run(args) -> dict:
     model = load_captioner(args.model, device="cpu", precision="fp32")
     paths = ensure(args.images, "mixed", **corpus_args(args.smoke))
     mems = memories(model, paths, args.batch_size)
+    mems16 = [m.to(torch.bfloat16) for m in mems]
     rows, bf16_rows = {}, {}
     bf16 = load_captioner(args.model, device="cpu", precision="bf16")
     for beams in sorted({1, model.num_beams}):
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            r = time_both(model, mems, beams, args.max_tokens)
+            settings = {"beams": beams, "max_tokens": args.max_tokens}
+            cached = partial(model.decoder.generate, **settings)
+            full = partial(full_prefix_generate, model.decoder, **settings)
+            r = time_pair((full, mems), (cached, mems), ("current", "cached"))
             rows[f"beams={beams}, torch threads={threads}"] = r
             rate_now, rate_new = r["captions"] / r["current_s"], r["captions"] / r["cached_s"]
             report.add(
@@ -113,7 +102,8 @@ def run(args) -> dict:
             )  # fmt: skip
             if not native_bf16_flags():
                 continue  # bf16 is emulated (slow) there, and auto never picks it
-            p = time_precisions(model, bf16, mems, beams, args.max_tokens)
+            in_bf16 = partial(bf16.decoder.generate, **settings)
+            p = time_pair((cached, mems), (in_bf16, mems16), ("fp32", "bf16"))
             bf16_rows[f"beams={beams}, torch threads={threads}"] = p
             report.add(
                 Figure(
