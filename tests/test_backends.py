@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers.vectors import row_cosines
 from vlpipe.errors import VlpipeError
 from vlpipe.models import backends
 from vlpipe.models.backends import resolve_backend
@@ -42,10 +43,6 @@ def batch() -> torch.Tensor:
     return torch.stack([model.preprocess(Image.open(p).convert("RGB")) for p in paths])
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
 def test_backend_choice():
     assert resolve_backend("auto", "cpu") == "openvino"
     assert resolve_backend("torch", "cpu") == "torch"
@@ -69,7 +66,7 @@ def test_openvino_fp32_gives_torch_fp32_captions_and_embeddings(in_cache, batch)
     caps, emb = torch_model.caption_and_embed(batch)
     ov_caps, ov_emb = ov_model.caption_and_embed(batch)
     assert ov_caps == caps  # token for token
-    assert _cosines(emb, ov_emb).min() >= 0.9999
+    assert row_cosines(emb, ov_emb).min() >= 0.9999
     assert list(in_cache.glob("*.xml")), "the converted graph is cached"
 
 
@@ -78,7 +75,7 @@ def test_openvino_bf16_stays_within_the_bf16_tolerance(in_cache, batch):
     ov_bf16 = load_mini(device="cpu", precision="bf16", backend="openvino")
     caps, emb = reference.caption_and_embed(batch)
     ov_caps, ov_emb = ov_bf16.caption_and_embed(batch)
-    assert _cosines(emb, ov_emb).mean() >= 0.999
+    assert row_cosines(emb, ov_emb).mean() >= 0.999
     assert sum(a == b for a, b in zip(caps, ov_caps, strict=True)) >= 6  # of 8
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from bench import hf_tiny
+from tests.helpers.vectors import row_cosines
 from vlpipe.models import backends
 from vlpipe.models import precision as prec
 from vlpipe.models.hf import HFEmbedder
@@ -56,10 +57,6 @@ def _pixels(embedder, n: int = 12) -> torch.Tensor:
     return torch.stack([embedder.preprocess(Image.open(p).convert("RGB")) for p in paths])
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize(
     ("backend", "precision", "mean_cos"),
@@ -75,7 +72,7 @@ def test_each_path_gives_fp32_embeddings_within_tolerance(
     assert other.describe()["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
     pixels = _pixels(reference)
     expected, got = reference.embed_images(pixels), other.embed_images(pixels)
-    cos = _cosines(expected, got)
+    cos = row_cosines(expected, got)
     assert cos.mean() >= mean_cos and cos.min() >= 0.99
     assert not np.array_equal(expected, got)  # the other path really ran
     vision = other._get("vision")
@@ -146,8 +143,8 @@ def test_new_weights_under_the_same_path_get_a_new_graph(tiny_dirs, in_cache, tm
     reference = load_embedder(str(model), "cpu", "fp32", backend="torch").embed_images(pixels)
     after = new.embed_images(pixels)
     assert len(list(in_cache.glob("*.xml"))) == 2  # a graph per weights
-    assert _cosines(after, reference).min() >= 0.9999
-    assert _cosines(after, before).min() < 0.999  # not the stale graph
+    assert row_cosines(after, reference).min() >= 0.9999
+    assert row_cosines(after, before).min() < 0.999  # not the stale graph
 
 
 def test_a_run_embeds_through_openvino_and_records_it(tiny_dirs, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Reading a run's stored vectors back, for the index tests."""
+"""Reading a run's stored vectors back, for the index tests; comparing two sets of vectors."""
 
 from __future__ import annotations
 
@@ -17,3 +17,9 @@ def stored_vectors(run_dir) -> tuple[np.ndarray, list[str]]:
         ids += batch.column("image_id").to_pylist()
     x = np.concatenate(vecs).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True), ids
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The cosine between each row of `a` and the same row of `b` (a precision's or a backend's
+    embeddings against the reference's)."""
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
