@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     base_tree = git_tree(args.baseline_commit)
     old_weights = str(base_tree / "vlpipe" / "models" / "mini" / "weights")
     runs = {"vlpipe": (REPO, None), OLD: (REPO, old_weights), base: (base_tree, None)}
-    for tree, model in {(REPO, None), (REPO, old_weights)}:  # convert and cache graphs, untimed
+    for tree, model in ((REPO, None), (REPO, old_weights)):  # convert and cache graphs, untimed
         one_run(tree, photos(4, smoke=True), model)
     rates: dict[str, list[float]] = {k: [] for k in runs}
     rss: dict[str, list[float]] = {k: [] for k in runs}
